@@ -1,0 +1,420 @@
+"""One typed config tree for every stage.
+
+YAML files set only what differs from these defaults; ``key=value`` overrides on the command
+line come last (``train.lr=1e-4``, ``prune.decoder_layers=[0,5,11]``). Unknown keys are an
+error that lists the valid ones; a value of the wrong type names the key and what was
+expected. The defaults are the embedded demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_DIR = PACKAGE_DIR / "demo"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from."""
+
+    name_or_path: str = "preset:tiny-t5"
+    """Hub name (t5-large, facebook/bart-large), local HF directory, or preset:<name> (random init)."""
+    tokenizer: str | None = None
+    """Tokenizer hub name or directory; None uses name_or_path (presets use the demo tokenizer)."""
+    export_dtype: str = "float32"
+    """dtype of exported weights: float32, bfloat16 or float16."""
+
+
+@dataclass
+class MixtureItem:
+    """One task of a weighted multi-task mixture."""
+
+    task: str = ""
+    """Task name (as data.task) or a local file."""
+    weight: float = 1.0
+    """Relative sampling weight."""
+    prefix: str | None = None
+    """Task prefix for this task; None uses the task's default."""
+
+
+@dataclass
+class DataConfig:
+    """What to train and evaluate on, and how to tokenise it."""
+
+    task: str = "demo"
+    """demo, samsum, cnn_dailymail, xsum, glue/<name>, instruction, or a local .jsonl/.json/.csv/.parquet file."""
+    dataset_name: str | None = None
+    """Override the hub data set for a named task (e.g. knkarthick/samsum)."""
+    dataset_config: str | None = None
+    """Hub data set configuration name (e.g. 3.0.0 for cnn_dailymail)."""
+    train_file: str | None = None
+    """Local training file (jsonl/json/csv/parquet); overrides the task's train split."""
+    validation_file: str | None = None
+    """Local validation file."""
+    test_file: str | None = None
+    """Local test file."""
+    source_column: str | None = None
+    """Input text column; None uses the task's default."""
+    target_column: str | None = None
+    """Target text column; None uses the task's default."""
+    prefix: str | None = None
+    """Text prepended to every source (T5 style, e.g. 'summarize: '); None uses the task's default."""
+    mixture: list[MixtureItem] = field(default_factory=list)
+    """Weighted multi-task mixture; when set, replaces task for training."""
+    max_source_length: int = 64
+    """Source tokens kept (the same in every stage)."""
+    max_target_length: int = 32
+    """Target tokens kept (the same in every stage)."""
+    max_train_samples: int | None = None
+    """Cap on training examples (None = all)."""
+    max_eval_samples: int | None = 64
+    """Cap on evaluation examples (None = all)."""
+    eval_split: str = "validation"
+    """Split used for periodic evaluation and the evaluate stage."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class TrainConfig:
+    """The DeepSpeed training loop shared by finetune and prune."""
+
+    ds_config: str = "ds_configs/zero2_fp32.json"
+    """DeepSpeed JSON (ZeRO stage, precision, buckets, offload); relative to the repo or cwd."""
+    micro_batch_size: int = 16
+    """Samples per rank per forward pass."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    lr: float = 2e-3
+    """Peak learning rate of the model parameters."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the model parameters."""
+    warmup_steps: int = 20
+    """Linear warm-up steps of the model learning rate."""
+    lr_decay: str = "linear"
+    """After warm-up: linear (to 0 at max_steps), cosine, or constant."""
+    max_steps: int = 300
+    """Optimizer steps."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping (0 disables)."""
+    log_every: int = 10
+    """Steps between TensorBoard / progress updates."""
+    eval_every: int = 100
+    """Steps between evaluations (0: only at the end)."""
+    save_every: int = 100
+    """Steps between DeepSpeed checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk."""
+    metric_for_best: str = "rougeL"
+    """Eval metric that picks the best checkpoint (rouge1/2/L/Lsum, bleu, exact_match, accuracy, loss)."""
+    greater_is_better: bool = True
+    """Whether a larger metric_for_best is better."""
+    resume: bool = True
+    """Resume from the newest complete checkpoint in the stage directory when there is one."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (large models)."""
+    distill: bool = False
+    """Final fine-tune only: distil from prune.teacher (logit + hidden losses as in distill)."""
+
+
+@dataclass
+class GenerationConfig:
+    """Generation used by evaluation."""
+
+    num_beams: int = 1
+    """Beam size (1 = greedy)."""
+    max_new_tokens: int = 32
+    """Tokens generated per example."""
+    eval_batch_size: int = 32
+    """Examples per generation batch."""
+
+
+@dataclass
+class DistillConfig:
+    """Distillation from the fine-tuned dense teacher."""
+
+    ce_weight: float = 0.5
+    """Weight of the task cross-entropy."""
+    kd_weight: float = 0.5
+    """Weight of the logit KD loss KL(teacher/T || student/T) * T^2 over target tokens."""
+    hidden_weight: float = 0.001
+    """Weight of the hidden-state MSE (student through a learned projection)."""
+    temperature: float = 2.0
+    """KD temperature T."""
+
+
+@dataclass
+class PruneConfig:
+    """Mask learning (nash, cofi) or the decoder cut alone (sft)."""
+
+    method: str = "nash"
+    """nash, cofi or sft."""
+    teacher: str = "runs/demo/finetune/model"
+    """Fine-tuned dense model (HF directory or hub name); the student starts as its copy."""
+    decoder_layers: int | list[int] = 2
+    """k, the decoder layers kept (nash, sft), or an explicit list of teacher layer indices."""
+    decoder_selection: str = "uniform"
+    """uniform (NASH), low or high; ignored when decoder_layers is a list."""
+    target_sparsity: float = 0.3
+    """Target sparsity of the prunable encoder (nash) or whole model (cofi), in [0, 1)."""
+    sparsity_warmup_steps: int = 100
+    """Steps over which the target ramps linearly from 0."""
+    droprate_init: float = 0.5
+    """Initial drop rate of fine-grained masks (log_alpha mean log(1-p) - log p)."""
+    mask_lr: float = 0.01
+    """Learning rate of log_alpha."""
+    lambda_lr: float = 0.01
+    """Learning rate of the Lagrange multipliers (gradient ascent)."""
+
+
+@dataclass
+class FinalizeConfig:
+    """Turning masks into a smaller model."""
+
+    checkpoint: str | None = None
+    """DeepSpeed checkpoint directory of the prune stage; None uses <output_dir>/prune/checkpoints."""
+    atol: float = 1e-4
+    """Self-check: largest allowed |masked - pruned| logit difference (fp32)."""
+    check_batches: int = 2
+    """Evaluation batches compared in the self-check."""
+
+
+@dataclass
+class EvalConfig:
+    """The evaluate stage."""
+
+    model: str | None = None
+    """HF directory to evaluate; None uses the pipeline's newest model."""
+    reference: str | None = None
+    """Dense reference model for parameter counts and sparsity."""
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    """Batch sizes for latency."""
+    latency_source_length: int = 64
+    """Input tokens for latency runs."""
+    latency_new_tokens: int = 16
+    """Generated tokens for latency runs (fixed: no early stop)."""
+    warmup: int = 2
+    """Untimed warm-up repeats."""
+    repeats: int = 5
+    """Timed repeats (median reported)."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    dtype: str = "float32"
+    """float32 or bfloat16 for latency."""
+
+
+@dataclass
+class PipelineConfig:
+    """What ``pipeline`` runs after finetune -> prune -> finalize."""
+
+    prune_max_steps: int | None = None
+    """train.max_steps for the prune stage (None: train.max_steps)."""
+    prune_lr: float | None = None
+    """train.lr for the prune stage (None: train.lr)."""
+    final_finetune: bool = True
+    """Fine-tune the pruned export (stage directory 'final')."""
+    final_max_steps: int | None = None
+    """train.max_steps for the final fine-tune (None: train.max_steps)."""
+    final_distill: bool = False
+    """Distil from the teacher during the final fine-tune."""
+    evaluate: bool = True
+    """Evaluate teacher and pruned model side by side and print the table."""
+
+
+@dataclass
+class RunConfig:
+    """Root of the config tree."""
+
+    output_dir: str = "runs/demo"
+    """Stage outputs go to <output_dir>/<stage>/."""
+    seed: int = 42
+    """Seed for initialisation, data order and masks."""
+    overwrite: bool = False
+    """Replace a finished stage output instead of refusing."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert where unambiguous (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping with keys {sorted(_fields(tp))}, got {value!r}")
+        return _build(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls, data: dict, *, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = _fields(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {text!r} has an empty key")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    # YAML reads 1e-4 as a string; numbers the user meant should be numbers
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {path} does not exist (pass a YAML file, e.g. configs/demo.yaml)")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    cfg = _build(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that types alone do not catch; every message names the key."""
+    def positive(key: str, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+
+    t = cfg.train
+    for key in ("micro_batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("eval_every", "save_every", "warmup_steps"):
+        if getattr(t, key) < 0:
+            raise ValueError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if t.lr_decay not in ("linear", "cosine", "constant"):
+        raise ValueError(f"train.lr_decay must be linear, cosine or constant, got {t.lr_decay!r}")
+    if t.lr <= 0:
+        raise ValueError(f"train.lr must be > 0, got {t.lr}")
+    d = cfg.data
+    positive("data.max_source_length", d.max_source_length)
+    positive("data.max_target_length", d.max_target_length)
+    p = cfg.prune
+    if p.method not in ("nash", "cofi", "sft"):
+        raise ValueError(f"prune.method must be nash, cofi or sft, got {p.method!r}")
+    if not 0.0 <= p.target_sparsity < 1.0:
+        raise ValueError(f"prune.target_sparsity must be in [0, 1), got {p.target_sparsity}")
+    if p.decoder_selection not in ("uniform", "low", "high"):
+        raise ValueError(f"prune.decoder_selection must be uniform, low or high, got {p.decoder_selection!r}")
+    if isinstance(p.decoder_layers, int) and p.decoder_layers < 1:
+        raise ValueError(f"prune.decoder_layers must be >= 1 (k of L decoder layers), got {p.decoder_layers}")
+    if not 0.0 < p.droprate_init < 1.0:
+        raise ValueError(f"prune.droprate_init must be in (0, 1), got {p.droprate_init}")
+    if cfg.distill.temperature <= 0:
+        raise ValueError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
+    if cfg.model.export_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"model.export_dtype must be float32, bfloat16 or float16, got {cfg.model.export_dtype!r}")
+    g = cfg.generation
+    positive("generation.num_beams", g.num_beams)
+    positive("generation.max_new_tokens", g.max_new_tokens)
+    e = cfg.evaluate
+    if e.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"evaluate.device must be auto, cpu or cuda, got {e.device!r}")
+    if e.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"evaluate.dtype must be float32 or bfloat16, got {e.dtype!r}")

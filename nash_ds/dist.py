@@ -1,0 +1,220 @@
+"""Everything distributed lives here: process group, ranks, DeepSpeed engines, ZeRO gathering.
+
+Launchers (``deepspeed``, ``torchrun``, ``launch/srun_task.sh`` under Slurm) set RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; plain ``python run.py`` is a world of
+one. DeepSpeed picks NCCL on GPUs and gloo on its CPU accelerator.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import socket
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Create the process group once (a world of one when no launcher set the environment)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    import deepspeed
+
+    timeout = datetime.timedelta(seconds=float(os.environ.get("NASH_DIST_TIMEOUT_S", "1800")))
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+
+
+def rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return torch_dist.get_world_size() if torch_dist.is_initialized() else 1
+
+
+def is_rank_zero() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized() and world_size() > 1:
+        torch_dist.barrier()
+
+
+def device() -> torch.device:
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one small all-reduce)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device())
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_rank_zero() else None
+    torch_dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def raise_if_any_rank(error: Exception | None) -> None:
+    """Collective: if any rank failed, raise on every rank (rank 0's message first)."""
+    msgs = [str(error) if error is not None else None]
+    if world_size() > 1:
+        msgs = [None] * world_size()
+        torch_dist.all_gather_object(msgs, str(error) if error is not None else None)
+    failed = [m for m in msgs if m is not None]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"another rank failed: {failed[0]}")
+
+
+# --------------------------------------------------------------------------- DeepSpeed config
+
+
+def load_ds_config(path: str) -> dict:
+    """Read a DeepSpeed JSON, relative to the working directory or the repository."""
+    p = Path(path)
+    if not p.is_file() and not p.is_absolute():
+        p = REPO_DIR / path
+    if not p.is_file():
+        names = sorted(x.name for x in (REPO_DIR / "ds_configs").glob("*.json"))
+        raise ValueError(f"train.ds_config {path} does not exist; shipped configs: {', '.join(names)}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"train.ds_config {p} is not valid JSON: {e}") from e
+
+
+def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_clip: float,
+                      num_ranks: int) -> dict:
+    """Fill "auto" batch fields from the run config; refuse disagreeing numbers, naming them all."""
+    ds = copy.deepcopy(ds)
+    want = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * num_ranks,
+    }
+    for key, value in want.items():
+        have = ds.get(key, "auto")
+        if have == "auto":
+            ds[key] = value
+        elif have != value:
+            raise ValueError(
+                f"DeepSpeed config sets {key}={have} but the run gives {value} "
+                f"(train.micro_batch_size={micro_batch_size} x train.grad_accum={grad_accum} x "
+                f"world_size={num_ranks}); set it to \"auto\" or make them agree")
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = grad_clip
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ValueError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
+                             "for model, masks and lambdas) and scheduler; remove the section")
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    if not torch.cuda.is_available():
+        for key in ("bf16", "fp16"):
+            if ds.get(key, {}).get("enabled"):
+                raise ValueError(f"DeepSpeed config enables {key} but no GPU is present; on CPU use an fp32 "
+                                 "config such as ds_configs/zero2_fp32.json")
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def compute_dtype(ds: dict) -> torch.dtype:
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def initialize(model: torch.nn.Module, *, optimizer, lr_scheduler, ds: dict):
+    """deepspeed.initialize with a client optimizer and scheduler; returns the engine."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                           config=ds, dist_init_required=False)
+    return engine
+
+
+def inference_engine(model: torch.nn.Module, *, ds: dict):
+    """A frozen model (the teacher): partitioned by ZeRO-3 when the student is, else replicated."""
+    import deepspeed
+
+    model.eval().requires_grad_(False)
+    if zero_stage(ds) != 3:
+        return model.to(device=device(), dtype=compute_dtype(ds))
+    cfg = {k: ds[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                              "train_batch_size", "bf16", "fp16") if k in ds}
+    cfg["zero_optimization"] = {k: v for k, v in ds["zero_optimization"].items()
+                                if not k.startswith("offload_optimizer")}
+    engine, _, _, _ = deepspeed.initialize(model=model, config=cfg, dist_init_required=False)
+    engine.eval()
+    return engine.module
+
+
+def zero3_init_context(ds: dict):
+    """Build models partitioned from the start under ZeRO-3 (deepspeed.zero.Init), else no-op."""
+    if zero_stage(ds) != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=ds)
+
+
+@contextmanager
+def gathered(params, *, modifier_rank: int | None = None):
+    """Full parameters inside the block under ZeRO-3 (collective: every rank must enter)."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield

@@ -1,0 +1,412 @@
+"""Hard-concrete (L0) masks for NASH and CoFi, applied to STOCK transformers models through hooks.
+
+``MaskSet`` owns every ``log_alpha``; its ``forward()`` samples the gates (train mode) or builds
+the deterministic 0/1 masks (eval mode), stores them where the hooks read them and returns them
+with the expected sparsity. Running it as a module forward is what makes ZeRO-3 gather the
+``log_alpha`` parameters. Typical step::
+
+    handle = attach(model, family, maskset)      # once
+    out = maskset()                              # each step, before the model
+    loss = model(**batch).loss + lagrangian(out["expected_sparsity"]["encoder"], target)
+
+Mask keys (per-layer rows first): ``{site}_heads`` [L, H], ``{site}_mha`` [L] (whole attention),
+``{stack}_ffn`` [L, d_ff], ``{stack}_mlp`` [L] (whole FFN), ``hidden`` [d_model]; sites are
+"encoder", "decoder_self", "decoder_cross". NASH has only ``encoder_heads`` and ``encoder_ffn``.
+
+Where masks act (one hook each, no model code copied):
+- heads: pre-hook on the attention out projection, scales each head's slice of its input;
+- FFN dims: pre-hook on the FFN out projection, scales its input (the activations);
+- whole sublayer: forward hook on the out projection, output times ``mha``/``mlp`` and times
+  "any unit alive" (an attention whose heads are all 0 is a removed sublayer: its output bias goes
+  too, as in the pruning plan, where an empty list removes the sublayer);
+- hidden (CoFi): forward hooks multiply every write into the residual stream (embeddings,
+  attention and FFN outputs) and recompute every norm over the kept dims only
+  (``Family.masked_norm``), so a 0/1 hidden mask computes exactly what the model with those dims
+  physically removed computes.
+
+Deterministic masks (the ones the finalizer prunes with): per row, the round(expected number of
+zeros) units with the smallest log_alpha get 0, the others a binary 1. We chose 1 over the
+reference code's soft survivor value sigmoid(0.8 log_alpha / beta): the pruned model then keeps
+the trained weights unchanged, and the expected size at these masks is exactly the pruned size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nash_ds.models.base import MASKS_ATTACHED, STACKS, Family, validate_kept_layers
+from nash_ds.plan import PruningPlan
+
+LIMIT_L = -0.1
+"""Left end of the stretched interval."""
+LIMIT_R = 1.1
+"""Right end of the stretched interval."""
+BETA = 2.0 / 3.0
+"""Temperature."""
+EPS = 1e-6
+"""Keeps the uniform noise away from 0 and 1."""
+LOG_ALPHA_MIN = math.log(1e-2)
+"""CoFi's clamp range for log_alpha after each step."""
+LOG_ALPHA_MAX = math.log(1e2)
+
+METHODS = ("nash", "cofi")
+SITES = {"encoder": ("encoder", "self"), "decoder_self": ("decoder", "self"),
+         "decoder_cross": ("decoder", "cross")}
+"""Attention sites: name -> (stack, kind)."""
+
+
+def site_name(stack: str, kind: str) -> str:
+    """"encoder", "decoder_self" or "decoder_cross"."""
+    return "encoder" if stack == "encoder" else f"decoder_{kind}"
+
+
+def log_alpha_mean(droprate: float) -> float:
+    """Init mean of log_alpha for drop rate p: log(1 - p) - log(p)."""
+    if not 0.0 < droprate < 1.0:
+        raise ValueError(f"droprate_init must be in (0, 1), got {droprate}")
+    return math.log(1.0 - droprate) - math.log(droprate)
+
+
+class HardConcrete(nn.Module):
+    """A [rows, units] block of hard-concrete gates; rows are layers (deterministic masks are per row).
+
+    Call it (``gate(mode)``) rather than its helpers from outside ``MaskSet.forward`` so that ZeRO-3
+    gathers ``log_alpha``. ``mode``: "auto" (sample in train mode, deterministic in eval mode),
+    "sample", "deterministic", "alive" (1 - P(z = 0), differentiable).
+    """
+
+    def __init__(self, rows: int, units: int, *, init_mean: float, init_std: float = 0.01,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.empty(rows, units))
+        with torch.no_grad():
+            self.log_alpha.normal_(init_mean, init_std, generator=generator)
+
+    def forward(self, mode: str = "auto", *, with_alive: bool = False) -> Any:
+        """The gates in ``mode``; with ``with_alive`` also the alive probabilities (one call, so
+        ZeRO-3 fetches log_alpha once)."""
+        if mode == "auto":
+            mode = "sample" if self.training else "deterministic"
+        if mode == "sample":
+            z = self.sample()
+        elif mode == "deterministic":
+            z = self.deterministic()
+        elif mode == "alive":
+            z = 1.0 - self.prob_zero()
+        else:
+            raise ValueError(f"HardConcrete mode must be auto, sample, deterministic or alive, got {mode!r}")
+        return (z, 1.0 - self.prob_zero()) if with_alive else z
+
+    def sample(self) -> torch.Tensor:
+        """One sample z in [0, 1] per gate (shared across the batch), differentiable in log_alpha."""
+        la = self.log_alpha.float()
+        u = torch.empty_like(la).uniform_(EPS, 1.0 - EPS)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / BETA)
+        return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
+
+    def prob_zero(self) -> torch.Tensor:
+        """P(z = 0) = sigmoid(beta * log(-l / r) - log_alpha)."""
+        return torch.sigmoid(BETA * math.log(-LIMIT_L / LIMIT_R) - self.log_alpha.float())
+
+    @torch.no_grad()
+    def deterministic(self) -> torch.Tensor:
+        """Per row, 0 for the round(sum P(z=0)) units with the smallest log_alpha, 1 for the rest."""
+        la = self.log_alpha.float()
+        num_zeros = torch.round(self.prob_zero().sum(dim=1, keepdim=True))
+        rank = torch.argsort(torch.argsort(la, dim=1, stable=True), dim=1)
+        return (rank >= num_zeros).to(torch.float32)
+
+    @torch.no_grad()
+    def clamp_(self, lo: float = LOG_ALPHA_MIN, hi: float = LOG_ALPHA_MAX) -> None:
+        """Clamp log_alpha in place (CoFi does this after every optimizer step)."""
+        self.log_alpha.clamp_(lo, hi)
+
+
+class MaskSet(nn.Module):
+    """All gates of one pruning run (NASH: encoder heads + FFN dims; CoFi: everything)."""
+
+    def __init__(self, family: Family, config: Any, *, method: str = "nash", droprate_init: float = 0.5,
+                 coarse_log_alpha_init: float = 10.0, teacher_config: Any = None,
+                 teacher_prunable_params: int | None = None, seed: int | None = None):
+        """``config``: the student's (decoder already cut). The whole-model sparsity is measured against
+        the teacher's prunable params (``teacher_prunable_params`` or counted from ``teacher_config``;
+        default: the student's dense count), so the decoder cut shows in it."""
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"mask method must be one of {METHODS}, got {method!r}")
+        self.family = family
+        self.config = config
+        self.method = method
+        self.dense = family.dense_prunable_params(config)
+        if teacher_prunable_params is None and teacher_config is not None:
+            teacher_prunable_params = family.dense_prunable_params(teacher_config)["model"]
+        self.teacher_prunable_params = int(teacher_prunable_params or self.dense["model"])
+        self.num_layers = {s: family.num_layers(config, s) for s in STACKS}
+        self.num_heads = {s: family.num_heads(config, s) for s in STACKS}
+        self.d_ff = {s: family.d_ff(config, s) for s in STACKS}
+        self.d_model = family.d_model(config)
+
+        fine = log_alpha_mean(droprate_init)
+        shapes: dict[str, tuple[int, int, float]] = {}  # name -> (rows, units, init mean)
+        sites = ["encoder"] if method == "nash" else list(SITES)
+        for site in sites:
+            stack = SITES[site][0]
+            shapes[f"{site}_heads"] = (self.num_layers[stack], self.num_heads[stack], fine)
+            if method == "cofi":
+                shapes[f"{site}_mha"] = (self.num_layers[stack], 1, coarse_log_alpha_init)
+        for stack in (["encoder"] if method == "nash" else STACKS):
+            shapes[f"{stack}_ffn"] = (self.num_layers[stack], self.d_ff[stack], fine)
+            if method == "cofi":
+                shapes[f"{stack}_mlp"] = (self.num_layers[stack], 1, coarse_log_alpha_init)
+        if method == "cofi":
+            shapes["hidden"] = (1, self.d_model, fine)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.gates = nn.ModuleDict({name: HardConcrete(rows, units, init_mean=mean, generator=gen)
+                                    for name, (rows, units, mean) in shapes.items()})
+        self._current: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ masks
+    @property
+    def names(self) -> list[str]:
+        """Mask keys of this set."""
+        return list(self.gates)
+
+    @staticmethod
+    def _natural(name: str, z: torch.Tensor) -> torch.Tensor:
+        """[rows, units] -> the key's shape ([L] for whole-sublayer masks, [d] for hidden)."""
+        if name == "hidden":
+            return z[0]
+        if name.endswith("_mha") or name.endswith("_mlp"):
+            return z[:, 0]
+        return z
+
+    def _gate_values(self, mode: str) -> dict[str, torch.Tensor]:
+        return {name: self._natural(name, gate(mode)) for name, gate in self.gates.items()}
+
+    def forward(self) -> dict[str, Any]:
+        """Current masks (sampled in train mode, deterministic in eval mode), stored for the hooks.
+
+        Returns the mask tensors under their keys plus "expected_sparsity" and "expected_params"
+        (differentiable, from the alive probabilities), computed here so ZeRO-3 has log_alpha whole.
+        """
+        masks, alive = {}, {}
+        for name, gate in self.gates.items():
+            z, a = gate("auto", with_alive=True)
+            masks[name], alive[name] = self._natural(name, z), self._natural(name, a)
+        self._current = masks
+        expected = self._expected(alive)
+        return {**masks, "expected_params": expected, "expected_sparsity": self._sparsity(expected)}
+
+    @property
+    def current(self) -> dict[str, torch.Tensor]:
+        """The masks the hooks apply (set by the last ``forward()``)."""
+        if self._current is None:
+            raise RuntimeError("MaskSet.forward() must run before the masked model's forward "
+                               "(call `maskset()` first)")
+        return self._current
+
+    def deterministic_masks(self) -> dict[str, torch.Tensor]:
+        """0/1 masks the finalizer prunes with (see module docstring)."""
+        return self._gate_values("deterministic")
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Clamp every log_alpha to CoFi's [log 1e-2, log 1e2]."""
+        for gate in self.gates.values():
+            gate.clamp_()
+
+    # ------------------------------------------------------------------ size
+    def dense_prunable_params(self) -> dict[str, int]:
+        """Prunable params of the unmasked student: {"encoder", "decoder", "model"}."""
+        return dict(self.dense)
+
+    def _expected(self, vals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Prunable params given per-unit keep values (alive probabilities or 0/1 masks), float64."""
+        ref = next(iter(vals.values()))
+        f64 = dict(dtype=torch.float64, device=ref.device)
+        vals = {k: v.to(torch.float64) for k, v in vals.items()}
+        hidden = vals["hidden"].sum() if "hidden" in vals else torch.tensor(float(self.d_model), **f64)
+        out: dict[str, torch.Tensor] = {}
+        for stack in STACKS:
+            num_layers = self.num_layers[stack]
+            total = torch.zeros((), **f64)
+            units = [(f"{site_name(stack, k)}_heads", f"{site_name(stack, k)}_mha", self.num_heads[stack])
+                     for k in self.family.attention_kinds(stack)]
+            units.append((f"{stack}_ffn", f"{stack}_mlp", self.d_ff[stack]))
+            for fine_key, coarse_key, width in units:
+                if fine_key in vals:
+                    n = vals[fine_key].sum(dim=1)
+                    nonempty = 1.0 - torch.prod(1.0 - vals[fine_key], dim=1)
+                else:
+                    n = torch.full((num_layers,), float(width), **f64)
+                    nonempty = torch.ones(num_layers, **f64)
+                if coarse_key in vals:
+                    n, nonempty = n * vals[coarse_key], nonempty * vals[coarse_key]
+                if fine_key.endswith("_heads"):
+                    p = self.family.attn_params(self.config, stack, num_heads=n, nonempty=nonempty, hidden=hidden)
+                else:
+                    p = self.family.ffn_params(self.config, stack, num_dims=n, nonempty=nonempty, hidden=hidden)
+                total = total + p.sum()
+            out[stack] = total
+        out["model"] = out["encoder"] + out["decoder"]
+        return out
+
+    def _sparsity(self, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"encoder": (1.0 - expected["encoder"] / self.dense["encoder"]).float(),
+                "decoder": (1.0 - expected["decoder"] / self.dense["decoder"]).float(),
+                "model": (1.0 - expected["model"] / self.teacher_prunable_params).float()}
+
+    def expected_params(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Expected prunable params {"encoder", "decoder", "model"} (float64, differentiable).
+
+        From the alive probabilities 1 - P(z=0), or from ``masks`` (every key of this set, e.g. the
+        deterministic 0/1 masks: then it is exactly the physically pruned size).
+        """
+        if masks is None:
+            return self._expected(self._gate_values("alive"))
+        if set(masks) != set(self.gates):
+            raise ValueError(f"masks must have exactly the keys {self.names}, got {sorted(masks)}")
+        return self._expected(masks)
+
+    def expected_sparsity(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """1 - expected / dense: "encoder" (NASH's target), "decoder" (masks only, against the cut
+        decoder) and "model" (against the dense TEACHER, so the decoder cut counts)."""
+        return self._sparsity(self.expected_params(masks))
+
+    def deterministic_params(self) -> dict[str, float]:
+        """Prunable params at the deterministic masks (= the physically pruned model's)."""
+        return {k: float(v) for k, v in self.expected_params(self.deterministic_masks()).items()}
+
+    def deterministic_sparsity(self) -> dict[str, float]:
+        """Sparsity at the deterministic masks (what finalize will produce)."""
+        return {k: float(v) for k, v in self.expected_sparsity(self.deterministic_masks()).items()}
+
+    @torch.no_grad()
+    def summary(self) -> dict[str, float]:
+        """Scalars for logging: expected and deterministic sparsity, mean alive probability per mask."""
+        alive = self._gate_values("alive")
+        out = {f"expected_sparsity/{k}": float(v) for k, v in self._sparsity(self._expected(alive)).items()}
+        out.update({f"deterministic_sparsity/{k}": v for k, v in self.deterministic_sparsity().items()})
+        out.update({f"alive/{k}": float(v.mean()) for k, v in alive.items()})
+        return out
+
+    # ------------------------------------------------------------------ plan
+    @torch.no_grad()
+    def plan(self, kept_decoder_layers: Sequence[int]) -> PruningPlan:
+        """The pruning plan of the deterministic masks; a whole sublayer at 0 (or with every unit
+        at 0) gives an empty list; ``hidden`` is the kept dims, or None without a hidden mask."""
+        kept = list(kept_decoder_layers)
+        if len(kept) != self.num_layers["decoder"]:
+            raise ValueError(f"kept_decoder_layers has {len(kept)} entries but the student has "
+                             f"{self.num_layers['decoder']} decoder layers")
+        validate_kept_layers(kept, num_layers=max(kept) + 1)
+        z = self.deterministic_masks()
+
+        def kept_units(fine_key: str, coarse_key: str, stack: str, width: int) -> list[list[int]]:
+            rows = []
+            for layer in range(self.num_layers[stack]):
+                if coarse_key in z and z[coarse_key][layer] == 0:
+                    rows.append([])
+                elif fine_key in z:
+                    rows.append(torch.nonzero(z[fine_key][layer]).flatten().tolist())
+                else:
+                    rows.append(list(range(width)))
+            return rows
+
+        heads = {site: kept_units(f"{site}_heads", f"{site}_mha", stack, self.num_heads[stack])
+                 for site, (stack, _) in SITES.items()}
+        ffn = {stack: kept_units(f"{stack}_ffn", f"{stack}_mlp", stack, self.d_ff[stack]) for stack in STACKS}
+        hidden = torch.nonzero(z["hidden"]).flatten().tolist() if "hidden" in z else None
+        return PruningPlan(encoder_heads=heads["encoder"], decoder_self_heads=heads["decoder_self"],
+                           decoder_cross_heads=heads["decoder_cross"], encoder_ffn=ffn["encoder"],
+                           decoder_ffn=ffn["decoder"], hidden=hidden, kept_decoder_layers=kept)
+
+
+# ---------------------------------------------------------------------- hooks
+class MaskHandle:
+    """Removes every hook ``attach`` installed."""
+
+    def __init__(self, model: nn.Module, handles: list[Any]):
+        self._model = model
+        self._handles = handles
+        setattr(model, MASKS_ATTACHED, True)
+
+    def remove(self) -> None:
+        """Detach the masks; the model is stock again."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(self._model, MASKS_ATTACHED, False):
+            delattr(self._model, MASKS_ATTACHED)
+
+
+def _scale_units(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """x [..., U * w] times z [U] per block of w (heads) or per unit (w = 1)."""
+    z = z.to(x.dtype)
+    if x.shape[-1] == z.shape[0]:
+        return x * z
+    return (x.unflatten(-1, (z.shape[0], -1)) * z[:, None]).flatten(-2)
+
+
+def attach(model: nn.Module, family: Family, maskset: MaskSet) -> MaskHandle:
+    """Install the hooks that apply ``maskset.current`` to a stock ``model``; returns a handle."""
+    if getattr(model, MASKS_ATTACHED, False):
+        raise ValueError("this model already has masks attached; remove that handle first")
+    for stack in STACKS:
+        n = len(family.layers(model, stack))
+        if n != maskset.num_layers[stack]:
+            raise ValueError(f"model has {n} {stack} layers but the MaskSet was built for "
+                             f"{maskset.num_layers[stack]}; build it from the student's config")
+    names = set(maskset.names)
+    handles: list[Any] = []
+
+    def gate_of(fine: str, coarse: str, layer: int, with_hidden: bool):
+        """Output multiplier of a sublayer: whole mask * any-unit-alive (* hidden)."""
+        def gate() -> torch.Tensor | None:
+            z = maskset.current
+            g = None
+            if fine in names:
+                g = (z[fine][layer] != 0).any().to(z[fine].dtype)
+            if coarse in names:
+                g = z[coarse][layer] if g is None else g * z[coarse][layer]
+            if with_hidden:
+                g = z["hidden"] if g is None else g * z["hidden"]
+            return g
+        return gate
+
+    def add_site(proj: nn.Module, fine: str, coarse: str, layer: int) -> None:
+        if fine in names:
+            def pre(mod, args, _key=fine, _l=layer):
+                return (_scale_units(args[0], maskset.current[_key][_l]), *args[1:])
+            handles.append(proj.register_forward_pre_hook(pre))
+        with_hidden = "hidden" in names
+        if fine in names or coarse in names or with_hidden:
+            gate = gate_of(fine, coarse, layer, with_hidden)
+
+            def post(mod, args, out, _gate=gate):
+                return out * _gate().to(out.dtype)
+            handles.append(proj.register_forward_hook(post))
+
+    for stack in STACKS:
+        for layer, block in enumerate(family.layers(model, stack)):
+            for kind in family.attention_kinds(stack):
+                site = site_name(stack, kind)
+                proj = family.attn_out_proj(family.attention(block, kind))
+                add_site(proj, f"{site}_heads", f"{site}_mha", layer)
+            add_site(family.ffn_out_proj(block), f"{stack}_ffn", f"{stack}_mlp", layer)
+
+    if "hidden" in names:
+        for writer in family.hidden_mask_outputs(model):
+            def emb(mod, args, out):
+                return out * maskset.current["hidden"].to(out.dtype)
+            handles.append(writer.register_forward_hook(emb))
+        for norm in family.norms(model):
+            def norm_hook(mod, args, out):
+                return family.masked_norm(mod, args[0], hidden=maskset.current["hidden"])
+            handles.append(norm.register_forward_hook(norm_hook))
+    return MaskHandle(model, handles)

@@ -1,0 +1,118 @@
+"""The family registry: ``get_family`` (dispatch on ``config.model_type`` only), presets, ``load_model``.
+
+A new family is one new module with a ``Family`` subclass, added to ``_FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bart import BartFamily
+from .base import STACKS, Family, select_decoder_layers, validate_kept_layers
+from .t5 import T5Family
+
+__all__ = ["Family", "T5Family", "BartFamily", "STACKS", "PRESETS", "get_family", "load_model",
+           "select_decoder_layers", "validate_kept_layers", "supported_model_types"]
+
+_FAMILIES: tuple[Family, ...] = (T5Family(), BartFamily())
+_BY_TYPE: dict[str, Family] = {t: f for f in _FAMILIES for t in f.model_types}
+
+
+def supported_model_types() -> list[str]:
+    """Every ``config.model_type`` with a family."""
+    return sorted(_BY_TYPE)
+
+
+def get_family(config_or_model: Any) -> Family:
+    """The Family of a config or model, by ``config.model_type`` (never by name or path)."""
+    config = config_or_model.config if isinstance(config_or_model, nn.Module) else config_or_model
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _BY_TYPE:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {supported_model_types()}")
+    return _BY_TYPE[model_type]
+
+
+_TINY_T5 = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=4, num_decoder_layers=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=32)
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-t5": dict(model_type="t5", feed_forward_proj="relu", **_TINY_T5),
+    "tiny-t5-v1_1": dict(model_type="t5", feed_forward_proj="gated-gelu", tie_word_embeddings=False, **_TINY_T5),
+    "tiny-bart": dict(model_type="bart", d_model=64, encoder_layers=4, decoder_layers=4,
+                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                      decoder_ffn_dim=128, max_position_embeddings=512),
+}
+"""Tiny random-init models for tests and the demo: ``load_model("preset:<name>")``."""
+
+_PRESET_DEFAULTS = {  # vocab and special ids per model type when the caller gives none
+    "t5": dict(vocab_size=256, pad_token_id=0, eos_token_id=1, bos_token_id=None, decoder_start_token_id=None),
+    "bart": dict(vocab_size=256, pad_token_id=1, eos_token_id=2, bos_token_id=0, decoder_start_token_id=None),
+}
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.exists(path) or path.startswith(("/", "./", "../", "~"))
+
+
+def _build_preset(name: str, *, special: dict[str, int | None], seed: int) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)} (use 'preset:<name>')")
+    kwargs = dict(PRESETS[name])
+    model_type = kwargs.pop("model_type")
+    ids = dict(_PRESET_DEFAULTS[model_type])
+    ids.update({k: v for k, v in special.items() if v is not None})
+    if ids["decoder_start_token_id"] is None:  # T5 starts from pad, BART from eos
+        ids["decoder_start_token_id"] = ids["pad_token_id"] if model_type == "t5" else ids["eos_token_id"]
+    if model_type == "bart":
+        kwargs["forced_eos_token_id"] = ids["eos_token_id"]
+    config = AutoConfig.for_model(model_type, **kwargs, **ids)
+    get_family(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        tied = model.lm_head.weight is model.get_input_embeddings().weight
+        if kwargs.get("tie_word_embeddings") is False and tied:
+            # transformers 5 ties T5's head on construction whatever the config says; untie it (Flan-T5
+            # style). Distinct values keep it untied through save_pretrained / from_pretrained.
+            model.lm_head.weight = nn.Parameter(torch.randn_like(model.lm_head.weight))
+    return model
+
+
+def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id: int | None = None,
+               eos_token_id: int | None = None, bos_token_id: int | None = None,
+               decoder_start_token_id: int | None = None, seed: int = 0,
+               dtype: torch.dtype | None = None) -> nn.Module:
+    """A seq2seq LM: ``"preset:<name>"`` (random init, seeded) or a hub name / local directory.
+
+    For presets the special token ids (from the tokenizer) set the config; for pretrained models
+    the given ids override the checkpoint's and ``vocab_size`` must not exceed its embedding rows.
+    """
+    special = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                   bos_token_id=bos_token_id, decoder_start_token_id=decoder_start_token_id)
+    if name_or_path.startswith("preset:"):
+        model = _build_preset(name_or_path[len("preset:"):], special=special, seed=seed)
+        return model if dtype is None else model.to(dtype)
+
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    if _looks_local(name_or_path) and not os.path.isfile(os.path.join(os.path.expanduser(name_or_path),
+                                                                      "config.json")):
+        raise ValueError(f"model path {name_or_path!r} looks local but has no config.json "
+                         f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
+                         f"with one of {sorted(PRESETS)})")
+    path = os.path.expanduser(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    get_family(config)  # reject unsupported families before loading any weight
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        raise ValueError(f"tokenizer vocab_size={vocab_size} exceeds the model's {config.vocab_size} "
+                         f"embedding rows ({name_or_path})")
+    for key, value in special.items():
+        if key != "vocab_size" and value is not None:
+            setattr(config, key, value)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, **kwargs)

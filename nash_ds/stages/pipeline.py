@@ -1,0 +1,78 @@
+"""``pipeline``: finetune -> prune -> finalize -> final fine-tune -> evaluate, in order.
+
+A stage whose output is already finished is skipped, so a pipeline that stopped (or was
+preempted) picks up where it was; ``overwrite=true`` reruns everything. At the end rank 0
+prints a table a person can read: teacher vs pruned, metric, parameters, generation time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from nash_ds import dist
+from nash_ds.config import RunConfig
+from nash_ds.stages import common
+
+
+def _stage_cfgs(cfg: RunConfig) -> dict[str, RunConfig]:
+    out = Path(cfg.output_dir)
+    p = cfg.pipeline
+    fin = copy.deepcopy(cfg)
+
+    prune = copy.deepcopy(cfg)
+    prune.prune.teacher = str(out / "finetune" / "model")
+    prune.model.tokenizer = None
+    prune.train.max_steps = p.prune_max_steps or cfg.train.max_steps
+    prune.train.lr = p.prune_lr or cfg.train.lr
+    prune.train.eval_every = min(cfg.train.eval_every, prune.train.max_steps) if cfg.train.eval_every else 0
+    prune.train.warmup_steps = min(cfg.train.warmup_steps, prune.train.max_steps)
+
+    final = copy.deepcopy(cfg)
+    final.model.name_or_path = str(out / "finalize" / "model")
+    final.model.tokenizer = None
+    final.prune.teacher = str(out / "finetune" / "model")
+    final.train.max_steps = p.final_max_steps or cfg.train.max_steps
+    final.train.distill = p.final_distill
+    final.train.eval_every = min(cfg.train.eval_every, final.train.max_steps) if cfg.train.eval_every else 0
+    final.train.warmup_steps = min(cfg.train.warmup_steps, final.train.max_steps)
+    return {"finetune": fin, "prune": prune, "finalize": prune, "final": final}
+
+
+def _finished(stage: str, out: Path) -> bool:
+    return (out / stage / "model").exists()
+
+
+def run(cfg: RunConfig) -> dict:
+    from nash_ds.stages import finalize, finetune, prune
+
+    out = Path(cfg.output_dir)
+    cfgs = _stage_cfgs(cfg)
+    steps = [("finetune", finetune.run), ("prune", prune.run), ("finalize", finalize.run)]
+    if cfg.pipeline.final_finetune:
+        steps.append(("final", finetune.run))
+    results, times = {}, {}
+    for name, fn in steps:
+        if _finished(name, out) and not cfg.overwrite:
+            if dist.is_rank_zero():
+                print(f"[nash-ds] pipeline: {out / name} is finished, skipping", flush=True)
+            continue
+        if dist.is_rank_zero():
+            print(f"[nash-ds] pipeline: stage {name} -> {out / name}", flush=True)
+        t0 = time.perf_counter()
+        results[name] = fn(cfgs[name], stage_dir=common.stage_dir(cfg, name))
+        times[name] = time.perf_counter() - t0
+        dist.barrier()
+    pruned = out / ("final" if cfg.pipeline.final_finetune else "finalize") / "model"
+    table = None
+    if cfg.pipeline.evaluate:
+        from nash_ds.stages import evaluate
+
+        table = evaluate.compare(cfg, models={"teacher": out / "finetune" / "model", "pruned": pruned},
+                                 reference=out / "finetune" / "model", stage_dir=common.stage_dir(cfg, "evaluate"))
+    if dist.is_rank_zero():
+        print("\n" + "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()), flush=True)
+        if table:
+            print(table, flush=True)
+    return {"stage": "pipeline", "results": results, "times": times, "table": table}

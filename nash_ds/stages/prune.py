@@ -1,0 +1,249 @@
+"""``prune``: learn masks (nash, cofi) or train the decoder cut alone (sft), with distillation.
+
+The student is a copy of the fine-tuned teacher with its decoder cut to the chosen layers; masks,
+Lagrange multipliers and the hidden-state projections are parameters of one wrapper module, so
+one DeepSpeed engine (and its ZeRO partitioning) holds them all, with three learning rates.
+Everything that touches those parameters runs inside the wrapper's forward, so ZeRO-3 gathers
+them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nash_ds import dist
+from nash_ds.config import RunConfig
+from nash_ds.distill import BlockOutputs, identity_linear, kd_loss, masked_mse
+from nash_ds.lagrangian import Lagrangian, target_sparsity
+from nash_ds.stages import common
+from nash_ds.stages.finetune import model_param_groups
+
+META_FILE = "prune_meta.json"
+
+
+def _num(x) -> float:
+    return float(x.detach()) if torch.is_tensor(x) else float(x)
+
+
+class PruneModule(nn.Module):
+    """Student + masks + Lagrangian + distillation projections; forward returns (loss, logs)."""
+
+    def __init__(self, student, *, family, masks, cfg: RunConfig, kept_decoder_layers: list[int]):
+        super().__init__()
+        self.student = student
+        self.masks = masks
+        self.lagrangian = Lagrangian() if masks is not None else None
+        d = family.d_model(student.config)
+        self.enc_proj = identity_linear(d)
+        self.dec_proj = identity_linear(d)
+        self.cfg = cfg
+        self.family = family
+        self.kept = kept_decoder_layers
+        self.enc_out = BlockOutputs(family.layers(student, "encoder"))
+        self.dec_out = BlockOutputs(family.layers(student, "decoder"))
+        self.target_key = "encoder" if cfg.prune.method == "nash" else "model"
+
+    def forward(self, batch: dict, teacher: dict | None = None, step: int = 0):
+        logs: dict[str, float] = {}
+        loss = torch.zeros((), device=batch["input_ids"].device)
+        if self.masks is not None:
+            stats = self.masks()  # samples the gates the hooks apply; ZeRO-3 gathers log_alpha here
+            expected = stats["expected_sparsity"]
+            target = target_sparsity(step, final=self.cfg.prune.target_sparsity,
+                                     warmup_steps=self.cfg.prune.sparsity_warmup_steps)
+            penalty = self.lagrangian(expected[self.target_key], target)
+            loss = loss + penalty
+            logs.update({"lagrangian": _num(penalty), "target_sparsity": target,
+                         **{f"expected_sparsity/{k}": _num(v) for k, v in expected.items()}})
+        out = self.student(**batch)
+        d = self.cfg.distill
+        if teacher is None or (d.kd_weight == 0 and d.hidden_weight == 0):
+            loss = loss + out.loss
+            logs["ce"] = _num(out.loss)
+        else:
+            kd = kd_loss(out.logits, teacher["logits"], batch["labels"], temperature=d.temperature)
+            enc_keep = batch["attention_mask"].bool()
+            dec_keep = batch["labels"] != -100
+            hid_enc = sum(masked_mse(self.enc_proj(s), t, enc_keep)
+                          for s, t in zip(self.enc_out.outputs, teacher["encoder"]))
+            hid_dec = sum(masked_mse(self.dec_proj(s), teacher["decoder"][j], dec_keep)
+                          for s, j in zip(self.dec_out.outputs, self.kept))
+            hidden = hid_enc + hid_dec
+            loss = loss + d.ce_weight * out.loss + d.kd_weight * kd + d.hidden_weight * hidden
+            logs.update({"ce": _num(out.loss), "kd": _num(kd), "hidden": _num(hidden),
+                         "hidden_encoder": _num(hid_enc), "hidden_decoder": _num(hid_dec)})
+        if self.lagrangian is not None:
+            logs["lambda_1"], logs["lambda_2"] = (_num(x) for x in self.lagrangian.lambdas.detach())
+        self.enc_out.clear()
+        self.dec_out.clear()
+        logs["loss"] = _num(loss)
+        return loss, logs
+
+
+class PruneTask:
+    """Trainer task for nash / cofi / sft."""
+
+    def __init__(self, module: PruneModule, *, cfg: RunConfig, tokenizer, teacher, teacher_family,
+                 meta: dict):
+        self.module = module
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.teacher = teacher
+        self.method = cfg.prune.method
+        self.meta = meta
+        self.t_enc = BlockOutputs(teacher_family.layers(teacher, "encoder"))
+        self.t_dec = BlockOutputs(teacher_family.layers(teacher, "decoder"))
+
+    def param_groups(self) -> list[dict]:
+        m, p = self.module, self.cfg.prune
+        groups = model_param_groups(m.student, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+        groups.append({"params": list(m.enc_proj.parameters()) + list(m.dec_proj.parameters()),
+                       "lr": self.cfg.train.lr, "weight_decay": 0.0, "name": "distill_proj", "schedule": "model"})
+        if m.masks is not None:
+            groups.append({"params": list(m.masks.parameters()), "lr": p.mask_lr, "weight_decay": 0.0,
+                           "name": "masks", "schedule": "constant"})
+            groups.append({"params": list(m.lagrangian.parameters()), "lr": p.lambda_lr, "weight_decay": 0.0,
+                           "name": "lambdas", "schedule": "constant"})
+        return groups
+
+    def _teacher_outputs(self, batch) -> dict | None:
+        d = self.cfg.distill
+        if d.kd_weight == 0 and d.hidden_weight == 0:
+            return None
+        with torch.no_grad():
+            out = self.teacher(**batch)
+        res = {"logits": out.logits, "encoder": list(self.t_enc.outputs), "decoder": list(self.t_dec.outputs)}
+        self.t_enc.clear()
+        self.t_dec.clear()
+        return res
+
+    def training_loss(self, engine, batch, step):
+        return engine(batch, self._teacher_outputs(batch), step)
+
+    def generation_model(self, engine):
+        return engine.module.student
+
+    def eval_context(self, engine):
+        return _DeterministicMasks(engine.module.masks)
+
+    def eval_extras(self, engine) -> dict:
+        masks = engine.module.masks
+        if masks is None:
+            return {}
+        with dist.gathered(list(masks.parameters())):
+            det = masks.deterministic_sparsity()
+        return {f"sparsity/{k}": float(v) for k, v in det.items()}
+
+    def eligible_for_best(self, metrics: dict) -> bool:
+        """Only checkpoints whose deterministic sparsity reached the target (within 0.02) can be best."""
+        if self.module.masks is None:
+            return True
+        key = f"sparsity/{self.module.target_key}"
+        return metrics.get(key, 0.0) >= self.cfg.prune.target_sparsity - 0.02
+
+    def after_step(self, engine, step):
+        masks = engine.module.masks
+        if masks is None or step % self.cfg.train.log_every:
+            return {}
+        with dist.gathered(list(masks.parameters())):
+            summary = masks.summary()
+        return summary
+
+    def export(self, state, out_dir: Path) -> None:
+        """prune/model: the student (decoder cut, unpruned), its masks, and the run's metadata."""
+        from safetensors.torch import save_file
+
+        from nash_ds.export import atomic_dir
+        from nash_ds.stages.finetune import export_model
+
+        with atomic_dir(out_dir, overwrite=False) as tmp:
+            export_model(self.module.student, state, tmp / "student", tokenizer=self.tokenizer, dtype="float32",
+                         prefix="student.")
+            masks = {k[len("masks."):]: v.contiguous() for k, v in state.items() if k.startswith("masks.")}
+            if masks:
+                save_file(masks, str(tmp / "masks.safetensors"))
+            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=1))
+
+
+class _DeterministicMasks:
+    """Evaluation with the masks the finalizer will apply (collective under ZeRO-3)."""
+
+    def __init__(self, masks):
+        self.masks = masks
+
+    def __enter__(self):
+        if self.masks is not None:
+            self.was_training = self.masks.training
+            self.masks.eval()
+            self.masks()  # sets the deterministic gates the hooks read
+
+    def __exit__(self, *exc):
+        if self.masks is not None:
+            self.masks.train(self.was_training)
+
+
+def build_student(cfg: RunConfig, teacher, family):
+    """Decoder cut chosen before training; returns (student, kept teacher layer indices)."""
+    from nash_ds.models import select_decoder_layers
+
+    p = cfg.prune
+    num_dec = family.num_layers(teacher.config, "decoder")
+    if p.method == "cofi":
+        kept = list(range(num_dec))
+    elif isinstance(p.decoder_layers, list):
+        kept = select_decoder_layers(num_dec, len(p.decoder_layers), p.decoder_layers)
+    else:
+        kept = select_decoder_layers(num_dec, p.decoder_layers, p.decoder_selection)
+    return family.make_student(teacher, kept), kept
+
+
+def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
+    from nash_ds.data import Seq2SeqCollator, build_datasets
+    from nash_ds.masks import MaskSet, attach
+    from nash_ds.models import get_family, load_model
+    from nash_ds.trainer import Trainer
+
+    common.check_not_finished(cfg, stage_dir)
+    ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
+                                grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
+                                num_ranks=dist.world_size())
+    teacher_src = cfg.prune.teacher
+    tokenizer = common.load_tokenizer(cfg.model.tokenizer or teacher_src)
+    teacher = load_model(teacher_src)
+    family = get_family(teacher.config)
+    if not cfg.model.name_or_path.startswith("preset:") and cfg.model.name_or_path != teacher_src:
+        from transformers import AutoConfig
+
+        student_cfg = AutoConfig.from_pretrained(cfg.model.name_or_path)
+        student_family = get_family(student_cfg)
+        if student_family.name != family.name:
+            raise ValueError(f"prune.teacher {teacher_src} is a {family.name} model but model.name_or_path "
+                             f"{cfg.model.name_or_path} is {student_family.name}; they must be the same family")
+    student, kept = build_student(cfg, teacher, family)
+    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
+    masks = None
+    if cfg.prune.method in ("nash", "cofi"):
+        torch.manual_seed(cfg.seed)
+        masks = MaskSet(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
+                        teacher_config=teacher.config)
+        attach(student, family, masks)
+    module = PruneModule(student, family=family, masks=masks, cfg=cfg, kept_decoder_layers=kept)
+    teacher = dist.inference_engine(teacher, ds=ds)
+    meta = {"method": cfg.prune.method, "family": family.name, "teacher": teacher_src,
+            "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
+            "student_config": student.config.to_dict(), "teacher_config": teacher.config.to_dict()}
+    common.open_stage_dir(cfg, stage_dir)
+    if dist.is_rank_zero():
+        (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (stage_dir / "checkpoints" / META_FILE).write_text(json.dumps(meta, indent=1))
+    task = PruneTask(module, cfg=cfg, tokenizer=tokenizer, teacher=teacher, teacher_family=family, meta=meta)
+    trainer = Trainer(cfg=cfg, stage_dir=stage_dir, task=task, tokenizer=tokenizer, train_set=data["train"],
+                      eval_set=data[cfg.data.eval_split], collator=Seq2SeqCollator(tokenizer), ds_config=ds,
+                      log_prefix="prune")
+    result = trainer.fit()
+    return {"stage": "prune", "method": cfg.prune.method, "kept_decoder_layers": kept,
+            "model": str(stage_dir / "model"), **result}

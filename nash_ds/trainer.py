@@ -1,0 +1,319 @@
+"""The one DeepSpeed training loop, shared by ``finetune`` and ``prune``.
+
+A *task* says what is trained (the module DeepSpeed wraps, its param groups, its loss, how to
+generate and how to export); the trainer owns everything else: batching identical across world
+sizes, schedule, evaluation with generation, best-checkpoint choice, resumable checkpoints,
+preemption, TensorBoard and the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from nash_ds import checkpoint as ckpt
+from nash_ds import dist
+from nash_ds.config import RunConfig
+
+EXIT_PREEMPTED = 75
+"""Exit code after a preemption signal: checkpoint saved, please requeue (EX_TEMPFAIL)."""
+
+
+class Task(Protocol):
+    module: torch.nn.Module
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups; each has params, lr, weight_decay, name and schedule ("model" | "constant")."""
+
+    def training_loss(self, engine, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss to back-propagate and scalars to log."""
+
+    def generation_model(self, engine):
+        """The HF model used for eval generation (masks deterministic)."""
+
+    def eval_context(self, engine):
+        """Context for evaluation (e.g. deterministic masks)."""
+
+    def after_step(self, engine, step: int) -> dict[str, Any]:
+        """Post-optimizer hook (clamping, extra logs incl. images)."""
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """Rank 0: write the HF directory from a consolidated fp32 state dict of ``module``."""
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def step_indices(num_examples: int, *, seed: int, step: int, global_batch: int) -> list[int]:
+    """Example indices of optimizer step ``step``: the same for any split into ranks x accumulation.
+
+    Each epoch is a seeded permutation; a global batch never straddles epochs (the tail that
+    does not fill one is dropped).
+    """
+    per_epoch = num_examples // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
+                         f"({global_batch}); lower train.micro_batch_size or train.grad_accum")
+    epoch, within = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_examples, generator=g)
+    return perm[within * global_batch:(within + 1) * global_batch].tolist()
+
+
+def micro_slice(indices: list[int], *, micro: int, rank: int, num_ranks: int, micro_step: int) -> list[int]:
+    start = micro_step * micro * num_ranks + rank * micro
+    return indices[start:start + micro]
+
+
+def _lr_lambda(schedule: str, *, warmup: int, total: int, decay: str):
+    if schedule == "constant":
+        return lambda step: 1.0
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    stage_dir: Path
+    task: Task
+    tokenizer: Any
+    train_set: Any
+    eval_set: Any
+    collator: Any
+    ds_config: dict
+    log_prefix: str = "train"
+    _stop: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.ckpt_dir = self.stage_dir / "checkpoints"
+        self.rank, self.num_ranks = dist.rank(), dist.world_size()
+        t = self.cfg.train
+        self.global_batch = t.micro_batch_size * t.grad_accum * self.num_ranks
+        self._stop_at = int(os.environ.get("NASH_STOP_AT_STEP", "0")) or None
+        self.writer = None
+        if dist.is_rank_zero():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.stage_dir / "tensorboard"))
+
+    # -- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop = True
+
+    def _install_signals(self):
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    # -- main ---------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t = self.cfg.train
+        groups = self.task.param_groups()
+        optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "schedule"} for g in groups],
+                                      lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+        lambdas = [_lr_lambda(g["schedule"], warmup=t.warmup_steps, total=t.max_steps, decay=t.lr_decay)
+                   for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
+        self.engine = engine
+        start, best = self._resume(engine)
+        self._install_signals()
+        progress = None
+        if dist.is_rank_zero():
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=t.max_steps, initial=start, desc=self.log_prefix, dynamic_ncols=True)
+        metrics: dict = {}
+        tokens, t0 = 0, time.perf_counter()
+        step = start
+        while step < t.max_steps:
+            engine.train()
+            indices = step_indices(len(self.train_set), seed=self.cfg.seed, step=step,
+                                   global_batch=self.global_batch)
+            logs_acc: dict[str, float] = {}
+            for j in range(t.grad_accum):
+                mine = micro_slice(indices, micro=t.micro_batch_size, rank=self.rank, num_ranks=self.num_ranks,
+                                   micro_step=j)
+                batch = self._to_device(self.collator([self.train_set[i] for i in mine]))
+                tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+                torch.manual_seed(self.cfg.seed * 7919 + step * 104729 + j * 31 + self.rank)
+                loss, logs = self.task.training_loss(engine, batch, step)
+                engine.backward(loss)
+                engine.step()
+                for k, v in logs.items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + v / t.grad_accum
+            step += 1
+            extra = self.task.after_step(engine, step) or {}
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{logs_acc.get('loss', float('nan')):.4f}")
+            if step % t.log_every == 0 or step == t.max_steps:
+                elapsed = time.perf_counter() - t0
+                self._log_scalars(step, {**logs_acc, "tokens_per_sec": tokens * self.num_ranks / max(elapsed, 1e-9)},
+                                  optimizer, groups, extra)
+                tokens, t0 = 0, time.perf_counter()
+            do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.max_steps
+            if do_eval:
+                metrics = self.evaluate(engine)
+                self._log(step, {f"eval/{k}": v for k, v in metrics.items()})
+                if dist.is_rank_zero():
+                    progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                best = self._update_best(best, step, metrics)
+            if (t.save_every and step % t.save_every == 0) or step == t.max_steps or do_eval:
+                self.save(engine, step, best)
+            if self._stop_at == step:
+                self._stop = True  # simulated preemption (NASH_STOP_AT_STEP), same path as SIGUSR1
+            if dist.any_rank(self._stop):
+                if step % (t.save_every or 1) and not do_eval and step != t.max_steps:
+                    self.save(engine, step, best)
+                if dist.is_rank_zero():
+                    progress.write(f"preempted at step {step}: checkpoint saved, exiting with {EXIT_PREEMPTED}")
+                    progress.close()
+                dist.barrier()
+                sys.exit(EXIT_PREEMPTED)
+        if progress is not None:
+            progress.close()
+        dist.barrier()
+        export_tag = best["tag"] if best.get("tag") else ckpt.tag_for(t.max_steps)
+        if dist.is_rank_zero():
+            state = ckpt.consolidate(self.ckpt_dir, export_tag)
+            self.task.export(state, self.stage_dir / "model")
+            if self.writer is not None:
+                self.writer.close()
+        dist.barrier()
+        return {"final": metrics, "best": best}
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        dev = dist.device()
+        return {k: v.to(dev) for k, v in batch.items()}
+
+    def _log(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def _log_scalars(self, step, logs, optimizer, groups, extra) -> None:
+        scalars = {f"{self.log_prefix}/{k}": v for k, v in logs.items()}
+        for g, pg in zip(groups, optimizer.param_groups):
+            scalars[f"lr/{g['name']}"] = pg["lr"]
+        images = extra.pop("images", {}) if isinstance(extra, dict) else {}
+        scalars.update(extra)
+        self._log(step, scalars)
+        if self.writer is not None:
+            for name, img in images.items():
+                self.writer.add_image(name, img, step, dataformats="HW")
+
+    def _update_best(self, best: dict, step: int, metrics: dict) -> dict:
+        t = self.cfg.train
+        key = t.metric_for_best
+        if key not in metrics:
+            raise ValueError(f"train.metric_for_best={key!r} is not among the eval metrics {sorted(metrics)}")
+        value = metrics[key]
+        better = best.get("value") is None or (value > best["value"] if t.greater_is_better else value < best["value"])
+        if better and self.task_is_eligible(metrics):
+            return {"step": step, "tag": ckpt.tag_for(step), "value": value, "metric": key}
+        return best
+
+    def task_is_eligible(self, metrics: dict) -> bool:
+        """Pruning runs only take checkpoints whose sparsity reached its target (see prune task)."""
+        eligible = getattr(self.task, "eligible_for_best", None)
+        return True if eligible is None else bool(eligible(metrics))
+
+    def save(self, engine, step: int, best: dict) -> None:
+        tag = ckpt.tag_for(step)
+        if (self.ckpt_dir / tag / ckpt.COMPLETE).exists():
+            return
+        engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": step, "best": best},
+                               save_latest=False)
+        dist.barrier()
+        if dist.is_rank_zero():
+            ckpt.mark_complete(self.ckpt_dir, tag, {"step": step, "best": best, "world_size": self.num_ranks,
+                                                    "zero_stage": dist.zero_stage(self.ds_config),
+                                                    "method": getattr(self.task, "method", "finetune")})
+            ckpt.prune_old(self.ckpt_dir, keep=self.cfg.train.keep_checkpoints,
+                           protect={best["tag"]} if best.get("tag") else set())
+        dist.barrier()
+
+    def _resume(self, engine) -> tuple[int, dict]:
+        if not self.cfg.train.resume:
+            return 0, {}
+        tag = dist.broadcast_object(ckpt.newest_complete(self.ckpt_dir) if dist.is_rank_zero() else None)
+        if tag is None:
+            return 0, {}
+        info = ckpt.read_info(self.ckpt_dir, tag)
+        if info.get("method", "finetune") != getattr(self.task, "method", "finetune"):
+            raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
+                             f"{getattr(self.task, 'method', 'finetune')!r}; use another output_dir")
+        _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        if dist.is_rank_zero():
+            print(f"[nash-ds] resumed from {self.ckpt_dir / tag} (step {client['step']})", flush=True)
+        return int(client["step"]), dict(client.get("best") or {})
+
+    # -- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, engine) -> dict[str, float]:
+        """Eval loss and generation metrics; every rank takes an equal share (ZeRO-3 safe)."""
+        from nash_ds.metrics import compute_metrics
+
+        gen = self.cfg.generation
+        n = len(self.eval_set)
+        per_rank = math.ceil(n / self.num_ranks)
+        mine = [min(i, n - 1) for i in range(self.rank * per_rank, (self.rank + 1) * per_rank)]
+        zero3_multi = dist.zero_stage(self.ds_config) == 3 and self.num_ranks > 1
+        engine.eval()
+        model = self.task.generation_model(engine)
+        preds: list[tuple[int, str, str]] = []
+        loss_sum, loss_count = 0.0, 0
+        ctx = self.task.eval_context(engine) if hasattr(self.task, "eval_context") else nullcontext()
+        with ctx:
+            for start in range(0, per_rank, gen.eval_batch_size):
+                chunk = mine[start:start + gen.eval_batch_size]
+                examples = [self.eval_set[i] for i in chunk]
+                batch = self._to_device(self.collator(examples))
+                out = model(**batch)
+                ntok = int((batch["labels"] != -100).sum())
+                loss_sum += float(out.loss) * ntok
+                loss_count += ntok
+                generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams,
+                                           do_sample=False, synced_gpus=zero3_multi)
+                texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+                for i, text in zip(chunk, texts):
+                    preds.append((i, text.strip(), self.eval_set[i]["target"]))
+        extras = self.task.eval_extras(engine) if hasattr(self.task, "eval_extras") else {}
+        engine.train()
+        gathered = dist.gather_objects((preds, loss_sum, loss_count))
+        result = None
+        if dist.is_rank_zero():
+            by_index = {}
+            for p, _, _ in gathered:
+                for i, text, ref in p:
+                    by_index[i] = (text, ref)
+            order = sorted(by_index)
+            result = compute_metrics([by_index[i][0] for i in order], [by_index[i][1] for i in order])
+            result["loss"] = sum(g[1] for g in gathered) / max(1, sum(g[2] for g in gathered))
+            result.update(extras)
+        return dist.broadcast_object(result)

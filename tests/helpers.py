@@ -1,0 +1,69 @@
+"""Run nash-ds the way users do: through run.py, with the real DeepSpeed launcher for 2 ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+# small and fast: tiny model, short sequences, a handful of steps
+FAST = ["data.max_train_samples=256", "data.max_eval_samples=16", "train.log_every=1",
+        "generation.max_new_tokens=8", "generation.eval_batch_size=16"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ)
+    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+             NASH_DIST_TIMEOUT_S="300", PYTHONPATH=str(REPO))
+    e.pop("RANK", None)
+    e.pop("WORLD_SIZE", None)
+    e.update(extra)
+    return e
+
+
+def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, timeout: int = 600,
+             extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run.py stage overrides`` on 1 rank (python) or N ranks (deepspeed --num_gpus N)."""
+    if ranks == 1:
+        cmd = [sys.executable, str(REPO / "run.py"), stage, *overrides]
+    else:
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+               str(REPO / "run.py"), stage, *overrides]
+    r = subprocess.run(cmd, cwd=REPO, env=env(**(extra_env or {})), capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n"
+                             f"--- stderr\n{r.stderr[-6000:]}")
+    return r
+
+
+def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    assert files, f"no safetensors in {model_dir}"
+    out = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
