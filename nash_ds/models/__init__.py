@@ -22,6 +22,25 @@ _FAMILIES: tuple[Family, ...] = (T5Family(), BartFamily())
 _BY_TYPE: dict[str, Family] = {t: f for f in _FAMILIES for t in f.model_types}
 
 
+def register_export_classes() -> None:
+    """Let transformers' Auto classes build our pruned exports from the installed nash_ds code.
+
+    The exports also carry the same code for ``trust_remote_code=True`` users; inside nash-ds we
+    never execute code from a model directory.
+    """
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from .remote import NashBartConfig, NashBartForConditionalGeneration, NashT5Config, NashT5ForConditionalGeneration
+
+    for config_cls, model_cls in ((NashT5Config, NashT5ForConditionalGeneration),
+                                  (NashBartConfig, NashBartForConditionalGeneration)):
+        try:
+            AutoConfig.register(config_cls.model_type, config_cls)
+            AutoModelForSeq2SeqLM.register(config_cls, model_cls)
+        except ValueError:  # already registered in this process
+            pass
+
+
 def supported_model_types() -> list[str]:
     """Every ``config.model_type`` with a family."""
     return sorted(_BY_TYPE)
@@ -106,7 +125,12 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
                          f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
                          f"with one of {sorted(PRESETS)})")
     path = os.path.expanduser(name_or_path)
-    config = AutoConfig.from_pretrained(path)
+    register_export_classes()
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except OSError as e:
+        raise ValueError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
+                         f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
     get_family(config)  # reject unsupported families before loading any weight
     if vocab_size is not None and vocab_size > config.vocab_size:
         raise ValueError(f"tokenizer vocab_size={vocab_size} exceeds the model's {config.vocab_size} "
@@ -115,4 +139,4 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
         if key != "vocab_size" and value is not None:
             setattr(config, key, value)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, **kwargs)
+    return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)

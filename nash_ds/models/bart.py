@@ -23,7 +23,7 @@ class BartFamily(Family):
     """BART / mBART."""
 
     name = "bart"
-    model_types = ("bart", "mbart")
+    model_types = ("bart", "mbart", "nash_bart")  # nash_bart: our pruned exports (per-layer widths)
 
     # ------------------------------------------------------------------ structure
     @staticmethod

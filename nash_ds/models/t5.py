@@ -28,7 +28,7 @@ class T5Family(Family):
     """T5 / T5 v1.1 / Flan-T5 / mT5 (same module layout)."""
 
     name = "t5"
-    model_types = ("t5", "mt5")
+    model_types = ("t5", "mt5", "nash_t5")  # nash_t5: our pruned exports (per-layer widths)
 
     # ------------------------------------------------------------------ structure
     def _stack(self, model: nn.Module, stack: str) -> nn.Module:

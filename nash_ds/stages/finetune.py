@@ -98,7 +98,9 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
                                 num_ranks=dist.world_size())
     tokenizer = common.load_tokenizer(common.tokenizer_source(cfg))
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
-    model = load_model(cfg.model.name_or_path, seed=cfg.seed, **common.model_kwargs_from_tokenizer(tokenizer))
+    preset = cfg.model.name_or_path.startswith("preset:")
+    model = load_model(cfg.model.name_or_path, seed=cfg.seed,
+                       **(common.model_kwargs_from_tokenizer(tokenizer) if preset else {}))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     teacher = None
