@@ -41,6 +41,24 @@ def register_export_classes() -> None:
             pass
 
 
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor], *, what: str = "checkpoint") -> None:
+    """Load a consolidated state dict (tied weights under every name) into ``model`` (may be on meta).
+
+    Weights transformers declares tied are tied only where the state holds equal values (or only one
+    of them): Flan-T5 / T5 v1.1 keep their own LM head although transformers 5 ties T5 on construction.
+    """
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{what} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for target, source in tied.items():
+        if target not in state or source not in state or torch.equal(state[target], state[source]):
+            module_name, _, attr = target.rpartition(".")
+            setattr(model.get_submodule(module_name), attr, params[source])
+
+
 def supported_model_types() -> list[str]:
     """Every ``config.model_type`` with a family."""
     return sorted(_BY_TYPE)

@@ -6,8 +6,11 @@ fit one, else our own classes from ``nash_ds.models.remote`` (per-layer widths),
 ``nash_ds.export.save_hf_dir`` ships beside the weights.
 
 An empty list in the plan removes the whole sublayer: it then contributes exactly zero (its
-output-projection bias goes too). Family-specific code sits in the ``_t5_*`` / ``_bart_*``
-functions, reached only through ``_FAMILIES`` (to move into ``nash_ds/models/{t5,bart}.py``).
+output-projection bias goes too) and holds no parameter (its projections become parameter-free
+``EmptyLinear`` modules; zero-element parameters break ZeRO-3).
+
+Family-specific code sits in the ``_t5_*`` / ``_bart_*`` functions, reached only through
+``_FAMILIES`` (to move into ``nash_ds/models/{t5,bart}.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from nash_ds.models.remote import (
     NashBartConfig,
@@ -339,13 +342,17 @@ def prune_model(model: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
     config and whether the LM head is tied to the input embeddings.
     """
     family = _family(model.config)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise ValueError("prune_model needs whole parameters; this model is ZeRO-3 partitioned "
+                         "(consolidate it first, e.g. with get_fp32_state_dict_from_zero_checkpoint)")
     new_config = pruned_config(model.config, plan)
     state = pruned_state_dict(model, plan)
     cls = family.remote_class if is_remote(new_config) else type(model)
-    new = cls(new_config)
-    if not _lm_head_tied(model):
-        new.lm_head.weight = nn.Parameter(torch.empty_like(new.lm_head.weight))
+    with no_init_weights():  # every tensor is loaded below; this also skips tying
+        new = cls(new_config)
+    if not _lm_head_tied(model):  # e.g. T5 v1.1: transformers 5 ties unless the checkpoint differs
         new.all_tied_weights_keys.pop("lm_head.weight", None)
+    new.tie_weights(recompute_mapping=False)
     for name, tensor in new.state_dict(keep_vars=True).items():
         if name in state and tensor.dtype != state[name].dtype:
             tensor.data = tensor.data.to(state[name].dtype)

@@ -75,14 +75,49 @@ def _max_logit_diff(a, b, batches) -> float:
     return worst
 
 
+def pruned_from_masks(student, *, family, masks, kept: list[int]):
+    """(physically pruned copy, plan) for deterministic ``masks`` (None: keep all, the sft case).
+
+    With masks, ``student`` leaves with the masks attached in deterministic mode: it is then the
+    masked model the pruned one must match.
+    """
+    from nash_ds.masks import attach
+    from nash_ds.models.pruning import prune_model
+    from nash_ds.plan import PruningPlan
+
+    if masks is None:
+        c = student.config
+        plan = PruningPlan.full(
+            num_encoder_layers=family.num_layers(c, "encoder"), num_decoder_layers=family.num_layers(c, "decoder"),
+            num_heads=family.num_heads(c, "encoder"), encoder_ffn=family.d_ff(c, "encoder"),
+            decoder_ffn=family.d_ff(c, "decoder"))
+        plan.kept_decoder_layers = list(kept)
+    else:
+        masks.eval()
+        plan = masks.plan(kept)
+    pruned = prune_model(copy.deepcopy(student), plan).eval()
+    student.eval()
+    if masks is not None:
+        attach(student, family, masks)
+        masks()  # deterministic gates for the hooks
+    return pruned, plan
+
+
+def self_check(masked, pruned, batches, *, atol: float) -> float:
+    """Largest |logit difference| over ``batches``; raises SelfCheckError above ``atol``."""
+    diff = _max_logit_diff(masked, pruned, batches)
+    if not diff <= atol:
+        raise SelfCheckError(f"self-check failed: the pruned model's logits differ from the masked model's by "
+                             f"{diff:.3g} > finalize.atol={atol}; nothing was published")
+    return diff
+
+
 def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     """Rank-0 body of the stage; returns the report."""
     from nash_ds.data import Seq2SeqCollator, build_datasets
     from nash_ds.export import atomic_dir, save_hf_dir
-    from nash_ds.masks import MaskSet, attach
-    from nash_ds.models import get_family
-    from nash_ds.models.pruning import prune_model
-    from nash_ds.plan import PruningPlan
+    from nash_ds.masks import MaskSet
+    from nash_ds.models import get_family, load_full_state
 
     method = cfg.prune.method
     source = Path(cfg.finalize.checkpoint or Path(cfg.output_dir) / "prune" / "checkpoints")
@@ -90,13 +125,9 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     student_config = _config_from_dict(meta["student_config"])
     teacher_config = _config_from_dict(meta["teacher_config"])
     family = get_family(student_config)
-    student = _model_from_config(student_config)
-    missing, unexpected = student.load_state_dict(_sub_state(state, "student."), strict=False)
-    tied = set(getattr(student, "all_tied_weights_keys", None) or {})
-    if [k for k in missing if k not in tied] or unexpected:
-        raise ValueError(f"checkpoint {source} does not match its recorded student config: missing "
-                         f"{[k for k in missing if k not in tied][:5]}, unexpected {unexpected[:5]}")
-    student.tie_weights()
+    with torch.device("meta"):
+        student = _model_from_config(student_config)
+    load_full_state(student, _sub_state(state, "student."), what=f"checkpoint {source}")
     student.eval()
     kept = list(meta["kept_decoder_layers"])
     masks = None
@@ -104,20 +135,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         masks = MaskSet(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
                         teacher_config=teacher_config)
         masks.load_state_dict(_sub_state(state, "masks."))
-        masks.eval()
-        plan = masks.plan(kept)
-    else:
-        plan = PruningPlan.full(
-            num_encoder_layers=family.num_layers(student_config, "encoder"),
-            num_decoder_layers=family.num_layers(student_config, "decoder"),
-            num_heads=family.num_heads(student_config, "encoder"),
-            encoder_ffn=family.d_ff(student_config, "encoder"), decoder_ffn=family.d_ff(student_config, "decoder"))
-        plan.kept_decoder_layers = kept
-    pruned = prune_model(copy.deepcopy(student), plan)
-    pruned.eval()
-    if masks is not None:
-        attach(student, family, masks)
-        masks()  # deterministic gates for the hooks
+    pruned, plan = pruned_from_masks(student, family=family, masks=masks, kept=kept)
 
     # self-check on real batches of the task
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or meta["teacher"])
@@ -126,10 +144,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     bs = cfg.generation.eval_batch_size
     batches = [collate([data[i] for i in range(s, min(len(data), s + bs))])
                for s in range(0, min(len(data), bs * cfg.finalize.check_batches), bs)]
-    diff = _max_logit_diff(student, pruned, batches)
-    if not diff <= cfg.finalize.atol:
-        raise SelfCheckError(f"self-check failed: the pruned model's logits differ from the masked model's by "
-                             f"{diff:.3g} > finalize.atol={cfg.finalize.atol}; nothing was published")
+    diff = self_check(student, pruned, batches, atol=cfg.finalize.atol)
 
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher_config, masks=masks,
                           meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)

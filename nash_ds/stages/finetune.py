@@ -37,15 +37,11 @@ def export_model(template: torch.nn.Module, state: dict[str, torch.Tensor], out_
 
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    from nash_ds.models import load_full_state
+
     with torch.device("meta"):
         model = type(template)(template.config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise RuntimeError(f"consolidated checkpoint does not match the model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-    model.tie_weights()
+    load_full_state(model, state, what="consolidated checkpoint")
     model.generation_config = template.generation_config
     save_hf_dir(model, tokenizer, out_dir, dtype=dtype)
 

@@ -201,6 +201,39 @@ def build_student(cfg: RunConfig, teacher, family):
     return family.make_student(teacher, kept), kept
 
 
+def _check_student_family(cfg: RunConfig, family) -> None:
+    """model.name_or_path, when it names another model than the teacher, must be the same family."""
+    from nash_ds.models import PRESETS
+
+    name = cfg.model.name_or_path
+    if name == cfg.prune.teacher:
+        return
+    if name.startswith("preset:"):
+        preset = PRESETS.get(name[len("preset:"):])
+        model_type = preset["model_type"] if preset else None
+    else:
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(name).model_type
+        except OSError:
+            return  # not resolvable here: the student is built from the teacher anyway
+    if model_type is not None and get_family_name(model_type) != family.name:
+        raise ValueError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
+                         f"{name} is {model_type}; teacher and student must be the same family (the student is "
+                         "the teacher with its decoder cut)")
+
+
+def get_family_name(model_type: str) -> str | None:
+    from nash_ds.models import supported_model_types, get_family
+
+    if model_type not in supported_model_types():
+        return None
+    from types import SimpleNamespace
+
+    return get_family(SimpleNamespace(model_type=model_type)).name
+
+
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.data import Seq2SeqCollator, build_datasets
     from nash_ds.masks import MaskSet, attach
@@ -215,14 +248,7 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or teacher_src)
     teacher = load_model(teacher_src)
     family = get_family(teacher.config)
-    if not cfg.model.name_or_path.startswith("preset:") and cfg.model.name_or_path != teacher_src:
-        from transformers import AutoConfig
-
-        student_cfg = AutoConfig.from_pretrained(cfg.model.name_or_path)
-        student_family = get_family(student_cfg)
-        if student_family.name != family.name:
-            raise ValueError(f"prune.teacher {teacher_src} is a {family.name} model but model.name_or_path "
-                             f"{cfg.model.name_or_path} is {student_family.name}; they must be the same family")
+    _check_student_family(cfg, family)
     student, kept = build_student(cfg, teacher, family)
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
     masks = None

@@ -9,6 +9,7 @@ from .configuration_nash_bart import NashBartConfig
 from .configuration_nash_t5 import NashT5Config
 from .modeling_nash_bart import NashBartForConditionalGeneration
 from .modeling_nash_t5 import NashT5ForConditionalGeneration
+from .modeling_nash_utils import EmptyLinear
 
-__all__ = ["NashBartConfig", "NashBartForConditionalGeneration", "NashT5Config",
+__all__ = ["EmptyLinear", "NashBartConfig", "NashBartForConditionalGeneration", "NashT5Config",
            "NashT5ForConditionalGeneration"]

@@ -12,13 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import T5ForConditionalGeneration
-from transformers import initialization as init
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.t5.modeling_t5 import T5Attention, eager_attention_forward
 
 from .configuration_nash_t5 import NashT5Config
-from .modeling_nash_utils import has_empty_linear, linear
+from .modeling_nash_utils import linear
 
 
 class NashT5Attention(T5Attention):
@@ -125,19 +124,14 @@ class NashT5ForConditionalGeneration(T5ForConditionalGeneration):
     """T5ForConditionalGeneration with per-layer kept heads and FFN widths from ``NashT5Config``."""
 
     config_class = NashT5Config
+    # also makes transformers treat the class as custom code, whose weight init skips modules
+    # without parameters of their own (the attention / FFN holders of removed sublayers)
     _auto_class = "AutoModelForSeq2SeqLM"
 
     def __init__(self, config: NashT5Config):
         super().__init__(config)
         self._apply_widths(config)
         self.post_init()
-
-    def _init_weights(self, module):
-        if has_empty_linear(module):  # a removed sublayer: nothing to initialise but T5's bias table
-            if getattr(module, "has_relative_attention_bias", False):
-                init.normal_(module.relative_attention_bias.weight, std=self.config.d_model**-0.5)
-            return
-        super()._init_weights(module)
 
     def _apply_widths(self, config: NashT5Config) -> None:
         stacks = (

@@ -34,7 +34,3 @@ def linear(in_features: int, out_features: int, *, bias: bool) -> nn.Module:
         return EmptyLinear(in_features, out_features)
     return nn.Linear(in_features, out_features, bias=bias)
 
-
-def has_empty_linear(module: nn.Module) -> bool:
-    """Whether a direct child of ``module`` is an EmptyLinear (a removed attention or FFN)."""
-    return any(isinstance(child, EmptyLinear) for child in module.children())

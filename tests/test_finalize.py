@@ -1,0 +1,96 @@
+"""Finalizer core, in process: masked model == pruned model == exported-and-reloaded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+from nash_ds.export import save_hf_dir
+from nash_ds.masks import MaskSet
+from nash_ds.models import get_family, load_full_state
+from nash_ds.stages.finalize import SelfCheckError, build_report, pruned_from_masks, self_check
+from tests.conftest import tiny_batch, tiny_model
+
+
+def _random_masks(family, student, teacher, method: str, seed: int) -> MaskSet:
+    masks = MaskSet(family, student.config, method=method, teacher_config=teacher.config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in masks.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 3.0)  # spread: some units dropped, some kept
+    return masks
+
+
+def _finalized(preset: str, method: str, kept: list[int], seed: int = 0):
+    teacher = tiny_model(preset, seed=seed)
+    family = get_family(teacher)
+    student = family.make_student(teacher, kept).eval()
+    masks = _random_masks(family, student, teacher, method, seed)
+    pruned, plan = pruned_from_masks(student, family=family, masks=masks, kept=kept)
+    return teacher, family, student, masks, pruned, plan
+
+
+@pytest.mark.parametrize("method", ["nash", "cofi"])
+def test_export_loaded_with_from_pretrained_matches_masked_model(tmp_path, preset, method):
+    kept = [0, 3] if method == "nash" else [0, 1, 2, 3]
+    teacher, family, masked, masks, pruned, plan = _finalized(preset, method, kept)
+    batches = [tiny_batch(seed=s) for s in range(3)]
+    assert self_check(masked, pruned, batches, atol=1e-4) <= 1e-4
+    save_hf_dir(pruned, None, tmp_path / "model")
+    trust = type(pruned).__module__.startswith("nash_ds.models.remote")
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model", trust_remote_code=trust).eval()
+    with torch.no_grad():
+        for batch in batches:
+            torch.testing.assert_close(loaded(**batch).logits, masked(**batch).logits, atol=1e-4, rtol=1e-4)
+    # something was really removed
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in masked.parameters())
+
+
+def test_t5_selection_that_drops_layer_0_still_matches(tmp_path):
+    teacher, family, masked, masks, pruned, plan = _finalized("tiny-t5", "nash", [1, 3], seed=1)
+    assert plan.kept_decoder_layers == [1, 3]
+    batches = [tiny_batch(seed=s) for s in range(2)]
+    self_check(masked, pruned, batches, atol=1e-4)
+    save_hf_dir(pruned, None, tmp_path / "m")
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "m", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batches[0]).logits, masked(**batches[0]).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["nash", "cofi"])
+def test_export_param_count_equals_report_and_mask_expectation(preset, method):
+    kept = [0, 2] if method == "nash" else [0, 1, 2, 3]
+    teacher, family, masked, masks, pruned, plan = _finalized(preset, method, kept, seed=2)
+    report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher.config, masks=masks,
+                          meta={"method": method, "family": family.name, "teacher": "t"}, tag="step-1",
+                          diff=0.0, atol=1e-4)
+    counted = family.count_prunable_params(pruned)
+    assert report["params"]["pruned"]["total"] == sum(p.numel() for p in pruned.parameters())
+    for part in ("encoder", "decoder", "model"):
+        assert report["params"]["pruned"][f"prunable_{part}"] == counted[part]
+        assert report["mask_expected_prunable_params"][part] == counted[part]
+    assert report["kept_decoder_layers"] == kept
+    assert 0 < report["sparsity_vs_teacher"]["model"] < 1
+
+
+def test_self_check_refuses_a_model_that_computes_something_else():
+    teacher, family, masked, masks, pruned, plan = _finalized("tiny-t5", "nash", [0, 3])
+    with torch.no_grad():
+        next(pruned.parameters()).add_(0.5)
+    with pytest.raises(SelfCheckError, match="self-check failed"):
+        self_check(masked, pruned, [tiny_batch()], atol=1e-4)
+
+
+def test_consolidated_state_keeps_an_untied_lm_head():
+    model = tiny_model("tiny-t5-v1_1")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not torch.equal(state["lm_head.weight"], state["shared.weight"])
+    with torch.device("meta"):
+        rebuilt = type(model)(model.config)
+    load_full_state(rebuilt, state)
+    rebuilt.eval()
+    assert rebuilt.lm_head.weight is not rebuilt.shared.weight
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(**batch).logits, model(**batch).logits)
