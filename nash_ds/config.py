@@ -169,9 +169,9 @@ class PruneConfig:
     """Steps over which the target ramps linearly from 0."""
     droprate_init: float = 0.5
     """Initial drop rate of fine-grained masks (log_alpha mean log(1-p) - log p)."""
-    mask_lr: float = 0.01
+    mask_lr: float = 0.1
     """Learning rate of log_alpha."""
-    lambda_lr: float = 0.01
+    lambda_lr: float = 0.1
     """Learning rate of the Lagrange multipliers (gradient ascent)."""
 
 

@@ -24,8 +24,8 @@ Where masks act (one hook each, no model code copied):
   (``Family.masked_norm``), so a 0/1 hidden mask computes exactly what the model with those dims
   physically removed computes.
 
-Deterministic masks (the ones the finalizer prunes with): per row, the round(expected number of
-zeros) units with the smallest log_alpha get 0, the others a binary 1. We chose 1 over the
+Deterministic masks (the ones the finalizer prunes with): per mask type (all layers together), the
+round(expected number of zeros) units with the smallest log_alpha get 0, the others a binary 1. We chose 1 over the
 reference code's soft survivor value sigmoid(0.8 log_alpha / beta): the pruned model then keeps
 the trained weights unchanged, and the expected size at these masks is exactly the pruned size.
 """
@@ -73,7 +73,7 @@ def log_alpha_mean(droprate: float) -> float:
 
 
 class HardConcrete(nn.Module):
-    """A [rows, units] block of hard-concrete gates; rows are layers (deterministic masks are per row).
+    """A [rows, units] block of hard-concrete gates; rows are layers.
 
     Call it (``gate(mode)``) rather than its helpers from outside ``MaskSet.forward`` so that ZeRO-3
     gathers ``log_alpha``. ``mode``: "auto" (sample in train mode, deterministic in eval mode),
@@ -115,11 +115,16 @@ class HardConcrete(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> torch.Tensor:
-        """Per row, 0 for the round(sum P(z=0)) units with the smallest log_alpha, 1 for the rest."""
+        """0 for the round(sum P(z=0)) units with the smallest log_alpha in the whole block, 1 for the rest.
+
+        One rounding per mask type, not per layer: with few units per layer (4-16 heads) rounding
+        every row biases the total (4 heads at P(z=0) = 0.3 each round to 1 of 4 = 25%, every layer).
+        """
         la = self.log_alpha.float()
-        num_zeros = torch.round(self.prob_zero().sum(dim=1, keepdim=True))
-        rank = torch.argsort(torch.argsort(la, dim=1, stable=True), dim=1)
-        return (rank >= num_zeros).to(torch.float32)
+        num_zeros = int(torch.round(self.prob_zero().sum()))
+        z = torch.ones(la.numel(), dtype=torch.float32, device=la.device)
+        z[torch.argsort(la.flatten(), stable=True)[:num_zeros]] = 0.0
+        return z.view_as(la)
 
     @torch.no_grad()
     def clamp_(self, lo: float = LOG_ALPHA_MIN, hi: float = LOG_ALPHA_MAX) -> None:

@@ -156,7 +156,9 @@ class Trainer:
                                    micro_step=j)
                 batch = self._to_device(self.collator([self.train_set[i] for i in mine]))
                 tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
-                torch.manual_seed(self.cfg.seed * 7919 + step * 104729 + j * 31 + self.rank)
+                # seeded by the global micro-batch index: dropout and mask samples are the same for
+                # 2 ranks x 1 micro-batch and 1 rank x 2 accumulated, and after a resume
+                torch.manual_seed(self.cfg.seed * 7919 + step * 104729 + (j * self.num_ranks + self.rank) * 31)
                 loss, logs = self.task.training_loss(engine, batch, step)
                 engine.backward(loss)
                 engine.step()

@@ -104,10 +104,12 @@ class PruneTask:
         groups.append({"params": list(m.enc_proj.parameters()) + list(m.dec_proj.parameters()),
                        "lr": self.cfg.train.lr, "weight_decay": 0.0, "name": "distill_proj", "schedule": "model"})
         if m.masks is not None:
+            # no momentum (beta1 = 0) for masks and lambdas: momentum delays the Lagrangian's feedback and
+            # makes the sparsity overshoot and oscillate around its target (bench/lagrangian.py)
             groups.append({"params": list(m.masks.parameters()), "lr": p.mask_lr, "weight_decay": 0.0,
-                           "name": "masks", "schedule": "constant"})
+                           "betas": (0.0, 0.999), "name": "masks", "schedule": "constant"})
             groups.append({"params": list(m.lagrangian.parameters()), "lr": p.lambda_lr, "weight_decay": 0.0,
-                           "name": "lambdas", "schedule": "constant"})
+                           "betas": (0.0, 0.999), "name": "lambdas", "schedule": "constant"})
         return groups
 
     def _teacher_outputs(self, batch) -> dict | None:
