@@ -39,8 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from nash_ds import dist
+    from nash_ds.trainer import install_preemption_handlers
 
+    install_preemption_handlers()
     dist.init_distributed()
+    if not dist.is_rank_zero():
+        import datasets
+
+        datasets.disable_progress_bars()
     t0 = time.perf_counter()
     try:
         result = run_stage(args.stage, cfg)

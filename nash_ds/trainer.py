@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,21 @@ from nash_ds.config import RunConfig
 
 EXIT_PREEMPTED = 75
 """Exit code after a preemption signal: checkpoint saved, please requeue (EX_TEMPFAIL)."""
+
+_PREEMPTED = {"flag": False}
+
+
+def _on_preemption_signal(signum, frame) -> None:
+    _PREEMPTED["flag"] = True
+
+
+def install_preemption_handlers() -> None:
+    """SIGUSR1 / SIGTERM ask for a checkpoint and exit 75 at the end of the current step.
+
+    Installed by the CLI before models load, so a signal during start-up is not fatal either.
+    """
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, _on_preemption_signal)
 
 
 class Task(Protocol):
@@ -103,7 +118,6 @@ class Trainer:
     collator: Any
     ds_config: dict
     log_prefix: str = "train"
-    _stop: bool = field(default=False, init=False)
 
     def __post_init__(self):
         self.ckpt_dir = self.stage_dir / "checkpoints"
@@ -117,14 +131,6 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.stage_dir / "tensorboard"))
 
-    # -- signals ------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self._stop = True
-
-    def _install_signals(self):
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-
     # -- main ---------------------------------------------------------------------------
     def fit(self) -> dict:
         t = self.cfg.train
@@ -137,7 +143,7 @@ class Trainer:
         engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
         self.engine = engine
         start, best = self._resume(engine)
-        self._install_signals()
+        install_preemption_handlers()  # no-op when the CLI already did
         progress = None
         if dist.is_rank_zero():
             from tqdm.auto import tqdm
@@ -184,14 +190,16 @@ class Trainer:
             if (t.save_every and step % t.save_every == 0) or step == t.max_steps or do_eval:
                 self.save(engine, step, best)
             if self._stop_at == step:
-                self._stop = True  # simulated preemption (NASH_STOP_AT_STEP), same path as SIGUSR1
-            if dist.any_rank(self._stop):
+                _PREEMPTED["flag"] = True  # simulated preemption (NASH_STOP_AT_STEP), same path as SIGUSR1
+            if dist.any_rank(_PREEMPTED["flag"]):
                 if step % (t.save_every or 1) and not do_eval and step != t.max_steps:
                     self.save(engine, step, best)
                 if dist.is_rank_zero():
                     progress.write(f"preempted at step {step}: checkpoint saved, exiting with {EXIT_PREEMPTED}")
                     progress.close()
                 dist.barrier()
+                for sig in (signal.SIGUSR1, signal.SIGTERM):  # a late repeat must not kill the exit
+                    signal.signal(sig, signal.SIG_IGN)
                 sys.exit(EXIT_PREEMPTED)
         if progress is not None:
             progress.close()
@@ -278,7 +286,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, engine) -> dict[str, float]:
         """Eval loss and generation metrics; every rank takes an equal share (ZeRO-3 safe)."""
-        from nash_ds.metrics import compute_metrics
+        from nash_ds.metrics import compute_metrics, metric_names_for
 
         gen = self.cfg.generation
         n = len(self.eval_set)
@@ -315,7 +323,8 @@ class Trainer:
                 for i, text, ref in p:
                     by_index[i] = (text, ref)
             order = sorted(by_index)
-            result = compute_metrics([by_index[i][0] for i in order], [by_index[i][1] for i in order])
+            result = compute_metrics([by_index[i][0] for i in order], [by_index[i][1] for i in order],
+                                     names=metric_names_for(self.cfg.data.task))
             result["loss"] = sum(g[1] for g in gathered) / max(1, sum(g[2] for g in gathered))
             result.update(extras)
         return dist.broadcast_object(result)
