@@ -122,7 +122,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward (large models)."""
     distill: bool = False
-    """Final fine-tune only: distil from prune.teacher (logit + hidden losses as in distill)."""
+    """Final fine-tune only: add logit KD from prune.teacher (weights and temperature from distill)."""
 
 
 @dataclass

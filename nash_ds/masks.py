@@ -292,6 +292,11 @@ class MaskSet(nn.Module):
         return {k: float(v) for k, v in self.expected_sparsity(self.deterministic_masks()).items()}
 
     @torch.no_grad()
+    @torch.no_grad()
+    def alive_probabilities(self) -> dict[str, torch.Tensor]:
+        """1 - P(z = 0) per mask, detached (for logs and heatmaps)."""
+        return {k: v.detach() for k, v in self._gate_values("alive").items()}
+
     def summary(self) -> dict[str, float]:
         """Scalars for logging: expected and deterministic sparsity, mean alive probability per mask."""
         alive = self._gate_values("alive")

@@ -192,8 +192,7 @@ class Trainer:
             if self._stop_at == step:
                 _PREEMPTED["flag"] = True  # simulated preemption (NASH_STOP_AT_STEP), same path as SIGUSR1
             if dist.any_rank(_PREEMPTED["flag"]):
-                if step % (t.save_every or 1) and not do_eval and step != t.max_steps:
-                    self.save(engine, step, best)
+                self.save(engine, step, best)  # no-op when this step was just saved
                 if dist.is_rank_zero():
                     progress.write(f"preempted at step {step}: checkpoint saved, exiting with {EXIT_PREEMPTED}")
                     progress.close()
@@ -205,12 +204,16 @@ class Trainer:
             progress.close()
         dist.barrier()
         export_tag = best["tag"] if best.get("tag") else ckpt.tag_for(t.max_steps)
+        error = None
         if dist.is_rank_zero():
-            state = ckpt.consolidate(self.ckpt_dir, export_tag)
-            self.task.export(state, self.stage_dir / "model")
+            try:
+                state = ckpt.consolidate(self.ckpt_dir, export_tag)
+                self.task.export(state, self.stage_dir / "model")
+            except Exception as e:  # noqa: BLE001 - raised on every rank below, so none waits forever
+                error = e
             if self.writer is not None:
                 self.writer.close()
-        dist.barrier()
+        dist.raise_if_any_rank(error)
         return {"final": metrics, "best": best}
 
     # -- pieces ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Any HF directory works as the starting point, including a pruned export with per-layer widths;
 the export keeps the model's class and shapes. With ``train.distill=true`` the loss adds logit
-KD from ``prune.teacher`` (and hidden-state distillation where the layer map is known).
+KD from ``prune.teacher``.
 """
 
 from __future__ import annotations

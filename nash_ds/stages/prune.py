@@ -153,6 +153,13 @@ class PruneTask:
             return {}
         with dist.gathered(list(masks.parameters())):
             summary = masks.summary()
+            det = masks.deterministic_masks()
+            alive = masks.alive_probabilities()
+        for name, z in det.items():
+            if z.ndim == 2:  # [layers, units]: units kept per layer
+                for i, kept in enumerate(z.sum(dim=1).tolist()):
+                    summary[f"kept/{name}/layer_{i}"] = kept
+        summary["images"] = {f"masks/{name}": a.float().cpu() for name, a in alive.items() if a.ndim == 2}
         return summary
 
     def export(self, state, out_dir: Path) -> None:
