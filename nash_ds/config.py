@@ -68,7 +68,7 @@ class DataConfig:
     prefix: str | None = None
     """Text prepended to every source (T5 style, e.g. 'summarize: '); None uses the task's default."""
     mixture: list[MixtureItem] = field(default_factory=list)
-    """Weighted multi-task mixture; when set, replaces task for training."""
+    """Weighted multi-task mixture; when set, replaces task (training samples by weight; evaluation uses every task's eval split)."""
     max_source_length: int = 64
     """Source tokens kept (the same in every stage)."""
     max_target_length: int = 32

@@ -177,8 +177,10 @@ class Trainer:
                 progress.set_postfix(loss=f"{logs_acc.get('loss', float('nan')):.4f}")
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - t0
-                self._log_scalars(step, {**logs_acc, "tokens_per_sec": tokens * self.num_ranks / max(elapsed, 1e-9)},
-                                  optimizer, groups, extra)
+                totals = dist.sum_across_ranks({**logs_acc, "_tokens": tokens})  # logs are means over ranks
+                scalars = {k: v / self.num_ranks for k, v in totals.items() if k != "_tokens"}
+                scalars["tokens_per_sec"] = totals["_tokens"] / max(elapsed, 1e-9)
+                self._log_scalars(step, scalars, optimizer, groups, extra)
                 tokens, t0 = 0, time.perf_counter()
             do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.max_steps
             if do_eval:
