@@ -12,7 +12,7 @@ import datetime
 import json
 import os
 import socket
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,16 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device())
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Element-wise sum over ranks of a dict of floats with the same keys on every rank (collective)."""
+    if world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device())
+    torch_dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -198,13 +208,26 @@ def inference_engine(model: torch.nn.Module, *, ds: dict):
     return engine.module
 
 
+@contextmanager
 def zero3_init_context(ds: dict):
-    """Build models partitioned from the start under ZeRO-3 (deepspeed.zero.Init), else no-op."""
-    if zero_stage(ds) != 3:
-        return nullcontext()
-    import deepspeed
+    """Build HF models partitioned from the start under ZeRO-3, else no-op.
 
-    return deepspeed.zero.Init(config_dict_or_path=ds)
+    Inside the block transformers sees ZeRO-3 (HfDeepSpeedConfig): ``from_config`` builds under
+    ``deepspeed.zero.Init`` and ``from_pretrained`` loads each weight straight into its partition,
+    so no rank ever holds the full model. Scoped: later code sees no global DeepSpeed config.
+    """
+    if zero_stage(ds) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    hf = HfDeepSpeedConfig(ds)  # transformers holds a weak reference to it
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf
 
 
 @contextmanager
