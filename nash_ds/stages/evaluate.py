@@ -41,17 +41,12 @@ def default_model(cfg: RunConfig) -> Path:
 
 
 def load_for_eval(name_or_path: str | Path):
-    """A stock or pruned (nash_* remote-code) seq2seq model from a directory or hub name, eval mode."""
-    path = Path(name_or_path).expanduser()
-    config_file = path / "config.json"
-    if config_file.is_file() and str(json.loads(config_file.read_text()).get("model_type", "")).startswith("nash_"):
-        from transformers import AutoModelForSeq2SeqLM
-
-        # our own exports ship their modeling code (nash_ds.models.remote); only local ones are trusted
-        return AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True).eval()
+    """A stock or pruned (nash_t5 / nash_bart) seq2seq model in eval mode; pruned exports are built
+    from the installed nash_ds classes, never from code inside the directory."""
     from nash_ds.models import load_model
 
-    return load_model(str(path) if config_file.is_file() else str(name_or_path)).eval()
+    return load_model(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists()
+                      else str(name_or_path)).eval()
 
 
 def family_of(config):

@@ -35,6 +35,7 @@ class NashT5Attention(T5Attention):
                          layer_idx=layer_idx, is_causal=is_causal)
         self.kept_heads = [int(h) for h in kept_heads]
         self.num_bias_heads = config.num_heads  # heads of the shared position bias
+        self._kept_index: dict = {}
         self.n_heads = len(self.kept_heads)
         self.inner_dim = self.n_heads * self.key_value_proj_dim
         self.q = linear(self.d_model, self.inner_dim, bias=False)
@@ -86,8 +87,14 @@ class NashT5Attention(T5Attention):
                 position_bias = torch.zeros((1, self.num_bias_heads, input_shape[1], key_length),
                                             device=query_states.device, dtype=query_states.dtype)
         # (1 or batch, kept heads, q_len, k_len)
-        index = torch.tensor(self.kept_heads, dtype=torch.long, device=position_bias.device)
-        kept_bias = position_bias.index_select(1, index)
+        if self.kept_heads == list(range(self.num_bias_heads)):
+            kept_bias = position_bias
+        else:  # index tensor cached per device: no host-to-device copy per call and decoding step
+            index = self._kept_index.get(position_bias.device)
+            if index is None:
+                index = torch.tensor(self.kept_heads, dtype=torch.long, device=position_bias.device)
+                self._kept_index[position_bias.device] = index
+            kept_bias = position_bias.index_select(1, index)
 
         attn_weights = None
         if self.n_heads == 0:
