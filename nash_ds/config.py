@@ -101,7 +101,7 @@ class TrainConfig:
     """Linear warm-up steps of the model learning rate."""
     lr_decay: str = "linear"
     """After warm-up: linear (to 0 at max_steps), cosine, or constant."""
-    max_steps: int = 300
+    max_steps: int = 400
     """Optimizer steps."""
     grad_clip: float = 1.0
     """Gradient norm clipping (0 disables)."""
@@ -221,7 +221,7 @@ class PipelineConfig:
     """train.lr for the prune stage (None: train.lr)."""
     final_finetune: bool = True
     """Fine-tune the pruned export (stage directory 'final')."""
-    final_max_steps: int | None = None
+    final_max_steps: int | None = 200
     """train.max_steps for the final fine-tune (None: train.max_steps)."""
     final_distill: bool = False
     """Distil from the teacher during the final fine-tune."""

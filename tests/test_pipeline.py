@@ -17,8 +17,10 @@ def test_pipeline_runs_every_stage_on_two_ranks_and_prints_the_table(tmp_path):
             "prune.sparsity_warmup_steps=6", "pipeline.final_distill=true", "evaluate.repeats=1",
             "evaluate.warmup=1", *FAST]
     r = run_nash("pipeline", *args, ranks=2, timeout=900)
-    for stage in ("finetune", "prune", "final"):
+    for stage in ("finetune", "final", "finalize"):
         assert (out / stage / "model" / "config.json").is_file(), stage
+    assert (out / "prune" / "model" / "student" / "config.json").is_file()
+    assert (out / "prune" / "model" / "masks.safetensors").is_file()
     report = json.loads((out / "finalize" / "pruning_report.json").read_text())
     assert report["kept_decoder_layers"] == [0, 3]
     assert report["sparsity_vs_teacher"]["decoder"] == pytest.approx(0.5)
