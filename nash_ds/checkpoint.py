@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import math
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,8 +84,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     return p, tag
 
 
-def consolidate(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 state dict of the wrapped module from a checkpoint of any ZeRO stage and world size."""
+def consolidate(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """fp32 state dict of the wrapped module from a checkpoint of any ZeRO stage and world size.
+
+    Streams tensor by tensor: the files are opened on the meta device and only the tensors named
+    by ``keep`` (default: all) are read, each straight into its own fp32 tensor, so the peak is
+    what is returned plus one tensor. Optimizer moments are never read. Tied and shared weights
+    come back as one tensor under every name, as DeepSpeed's ``zero_to_fp32`` returns them.
+    """
     root = ckpt_dir / tag
     if not (root / COMPLETE).is_file():
         raise ValueError(f"{root} is not a complete nash-ds checkpoint (missing {COMPLETE})")
@@ -91,18 +100,202 @@ def consolidate(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     if not model_files:
         raise ValueError(f"checkpoint {root} has no model state files (*model_states.pt); it is corrupt "
                          "or not a DeepSpeed checkpoint")
+    keep = keep or (lambda name: True)
     try:
         info = read_info(ckpt_dir, tag)
         if info.get("zero_stage", 0) in (1, 2, 3) and zero_files:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+            try:
+                state = _read_zero(root, keep=keep)
+            except KeyError as e:  # a layout this reader does not know: DeepSpeed's own (lazy) reader
+                print(f"[nash-ds] consolidate: falling back to DeepSpeed's zero_to_fp32 ({e!r} not found)",
+                      file=sys.stderr, flush=True)
+                state = _read_with_deepspeed(ckpt_dir, tag, keep=keep)
         else:
-            # ZeRO-0: the full fp32 module is in rank 0's model-states file (written by this run)
-            blob = torch.load(model_files[0], map_location="cpu", weights_only=False)
-            state = blob["module"]
+            # ZeRO-0: the full module is in rank 0's model-states file (written by this run), next
+            # to the optimizer state, which stays unread
+            with _LazyFile(model_files[0]) as f:
+                state = _read_named(f, f.obj["module"], keep=keep)
     except ValueError:
         raise
     except Exception as e:  # truncated or foreign files: say which
         raise ValueError(f"could not read checkpoint {root}: {type(e).__name__}: {e}") from e
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# streaming reader: one tensor at a time, plain reads
+# --------------------------------------------------------------------------------------------
+
+class _LazyFile:
+    """A ``torch.save`` file unpickled on the meta device; tensors are copied out on demand.
+
+    Plain reads, no mmap: the pages of a mapped file count in the process's RSS once touched and
+    stay there while any tensor of the mapping lives, so reading a mapped checkpoint costs its
+    size in RSS on top of the copies.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.obj = torch.load(self.path, map_location="meta", weights_only=False)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> _LazyFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of the meta tensor ``t``."""
+        if t.numel() == 0:
+            return torch.empty(t.shape, dtype=t.dtype)
+        if t.is_contiguous():
+            out = torch.empty(t.numel(), dtype=t.dtype)
+            self.read_into(t.reshape(-1), 0, out)
+            return out.view(t.shape)
+        extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+        flat = torch.empty(extent, dtype=t.dtype)
+        self.read_into(t.as_strided((extent,), (1,)), 0, flat)
+        return flat.as_strided(t.shape, t.stride()).clone()
+
+    def read_into(self, t: torch.Tensor, start: int, out: torch.Tensor) -> None:
+        """``out`` (1-D, contiguous) <- elements ``[start, start + len(out))`` of the 1-D meta tensor ``t``."""
+        assert t.dim() == 1 and out.dim() == 1 and out.is_contiguous() and out.dtype == t.dtype
+        assert 0 <= start and start + out.numel() <= t.numel(), (start, out.numel(), t.numel())
+        offset = t.untyped_storage()._checkpoint_offset + (t.storage_offset() + start * t.stride(0)) * t.element_size()
+        view = memoryview(out.view(torch.uint8).numpy())
+        self._file.seek(offset)
+        done = 0
+        while done < len(view):
+            n = self._file.readinto(view[done:])
+            if not n:
+                raise EOFError(f"{self.path} is truncated")
+            done += n
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+def _read_named(f: _LazyFile, tensors: dict, *, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """fp32 copies of the kept entries of a {name: meta tensor} dict; views of one storage region
+    (tied weights) come back as one tensor."""
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if not keep(name):
+            continue
+        where = (t.untyped_storage()._checkpoint_offset, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if where not in seen:
+            seen[where] = _fp32(f.read(t))
+        out[name] = seen[where]
+    return out
+
+
+def _read_span(segments: list[tuple[_LazyFile, torch.Tensor]], start: int, out: torch.Tensor) -> None:
+    """``out`` <- elements ``[start, start + len(out))`` of the concatenation of 1-D meta ``segments``."""
+    end = start + out.numel()
+    pos = 0  # where the current segment starts in the concatenation
+    for f, seg in segments:
+        lo, hi = max(start, pos), min(end, pos + seg.numel())
+        if lo < hi:
+            f.read_into(seg, lo - pos, out[lo - start:hi - start])
+        pos += seg.numel()
+        if pos >= end:
+            return
+    raise RuntimeError(f"flat fp32 groups hold {pos} elements, a parameter needs [{start}, {end})")
+
+
+def _read_zero(root: Path, *, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """fp32 weights from the fp32 master partitions of a ZeRO-1/2/3 checkpoint, one parameter at a
+    time (the layout of DeepSpeed's ``zero_to_fp32``, which instead concatenates whole groups
+    (ZeRO-1/2) or maps the files (lazy_mode, ZeRO-3))."""
+    from deepspeed.utils.zero_to_fp32 import get_model_state_files, get_optim_files
+
+    model_files = [_LazyFile(Path(p)) for p in get_model_state_files(str(root))]
+    optim_files = [_LazyFile(Path(p)) for p in get_optim_files(str(root))]
+    try:
+        ms = model_files[0].obj
+        osd = [f.obj["optimizer_state_dict"] for f in optim_files]
+        stage = osd[0]["zero_stage"]
+        world = osd[0]["partition_count"]
+        world = max(world) if isinstance(world, list) else world
+        if world != len(optim_files):
+            raise RuntimeError(f"{root} holds {len(optim_files)} optimizer shards but was written by {world} ranks")
+        shared = dict(ms["shared_params"])  # alias -> source
+        sources = {src for alias, src in shared.items() if keep(alias)}
+
+        def wanted(name: str) -> bool:
+            return keep(name) or name in sources
+
+        state = {name: _fp32(model_files[0].read(ms["module"][name]))
+                 for name in ms["buffer_names"] if wanted(name)}
+        for name, shape in (ms.get("frozen_param_shapes") or {}).items():
+            if not wanted(name):
+                continue
+            if stage <= 2:
+                state[name] = _fp32(model_files[0].read(ms["frozen_param_fragments"][name]))
+            else:
+                parts = [f.read(f.obj["frozen_param_fragments"][name]) for f in model_files]
+                state[name] = _fp32(torch.cat(parts).narrow(0, 0, shape.numel()).view(shape))
+        if stage <= 2:
+            paddings = osd[0].get("param_alignment_paddings")
+            for g, shapes in enumerate(ms["param_shapes"]):
+                segments = [(f, o["single_partition_of_fp32_groups"][g]) for f, o in zip(optim_files, osd)]
+                offset = 0
+                for i, (name, shape) in enumerate(shapes.items()):
+                    n = math.prod(shape)
+                    if wanted(name):
+                        out = torch.empty(n, dtype=segments[0][1].dtype)
+                        _read_span(segments, offset, out)
+                        state[name] = _fp32(out).view(shape)
+                    offset += n + (paddings[g][i] if paddings is not None else 0)
+                total = sum(seg.numel() for _, seg in segments)
+
+                def align(x: int) -> int:  # ZeRO-2 pads each group to 2 * world elements
+                    return 2 * world * math.ceil(x / (2 * world))
+
+                if align(offset) != align(total):
+                    raise RuntimeError(f"group {g}: parameters take {offset} elements, the partitions {total}")
+        elif stage == 3:
+            shapes = {k: v for d in ms["param_shapes"] for k, v in d.items()}
+            per_rank = [[(f, t) for t in o["fp32_flat_groups"]] for f, o in zip(optim_files, osd)]
+            offset = 0  # in every rank's concatenated flat groups
+            for name, shape in shapes.items():
+                n = shape.numel()
+                part = math.ceil(n / world)  # elements of this parameter on each rank (the last one padded)
+                if wanted(name):
+                    out = torch.empty(n, dtype=per_rank[0][0][1].dtype)
+                    for r in range(world):
+                        lo, hi = r * part, min(n, (r + 1) * part)
+                        if lo < hi:
+                            _read_span(per_rank[r], offset, out[lo:hi])
+                    state[name] = _fp32(out).view(shape)
+                offset += part
+            total = sum(t.numel() for _, t in per_rank[0])
+            if offset != total:
+                raise RuntimeError(f"parameters take {offset} elements per rank, the flat groups {total}")
+        else:
+            raise RuntimeError(f"unknown ZeRO stage {stage} in {root}")
+        for alias, source in shared.items():
+            if source in state and keep(alias):
+                state[alias] = state[source]
+        return {k: v for k, v in state.items() if keep(k)}
+    finally:
+        for f in model_files + optim_files:
+            f.__exit__()
+
+
+def _read_with_deepspeed(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint(lazy_mode=True)``, converted tensor by tensor."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag, lazy_mode=True)
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}
+    for name, t in lazy.items():
+        if keep(name):
+            if id(t) not in done:
+                done[id(t)] = _fp32(t.contiguous())
+            out[name] = done[id(t)]
+    return out

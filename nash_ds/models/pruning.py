@@ -313,56 +313,106 @@ def pruned_config(config, plan: PruningPlan) -> PretrainedConfig:
 
 def pruned_state_dict(model: PreTrainedModel, plan: PruningPlan) -> dict[str, torch.Tensor]:
     """The kept slices of every tensor in ``model.state_dict()``, named for the pruned model."""
-    config = model.config
+    return prune_state(model.state_dict(), model.config, plan)
+
+
+def prune_state(state: dict[str, torch.Tensor], config, plan: PruningPlan, *,
+                consume: bool = False) -> dict[str, torch.Tensor]:
+    """The kept slices of every tensor of a model's ``state`` (``config`` is that model's).
+
+    Without ``consume`` the result never shares storage with ``state``. With ``consume`` the
+    entries are popped from ``state`` one by one and a full tensor is freed as soon as nothing else
+    holds it (the finalizer's low-memory path): a tensor kept whole is passed on as it is, and
+    names sharing one tensor (tied weights) get one slice.
+    """
     family = _family(config)
     stock = not isinstance(pruned_config(config, plan), (NashT5Config, NashBartConfig))
     select = family.selector(config, plan, stock=stock)
-    state: dict[str, torch.Tensor] = {}
-    for key, tensor in model.state_dict().items():
+    out: dict[str, torch.Tensor] = {}
+    sliced: dict[tuple, tuple[Index, Index, torch.Tensor]] = {}  # consume: source region -> its slice
+    for key in list(state):
+        tensor = state.pop(key) if consume else state[key]
         choice = select(key)
         if choice is None:
             continue
         rows, cols = choice
         tensor = tensor.detach()
-        if rows is None and cols is None:
+        if consume:
+            rows = None if _whole(rows, tensor, 0) else rows
+            cols = None if _whole(cols, tensor, 1) else cols
+            # every source tensor is alive when this starts, so its data pointer names it
+            where = (tensor.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+            if where in sliced and _same(sliced[where][0], rows) and _same(sliced[where][1], cols):
+                out[key] = sliced[where][2]
+                continue
+        elif rows is None and cols is None:
             tensor = tensor.clone()  # never share storage with the input model
-        if rows is not None:
+        if rows is not None:  # rebinding ``tensor`` drops the last reference to a consumed source
             tensor = tensor.index_select(0, rows.to(tensor.device))
         if cols is not None:
             tensor = tensor.index_select(1, cols.to(tensor.device))
-        state[key] = tensor
-    family.fold(config, plan, state)
-    return state
+        if consume:
+            sliced[where] = (rows, cols, tensor)
+        out[key] = tensor
+    family.fold(config, plan, out)
+    return out
 
 
-def prune_model(model: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
+def prune_model(model: PreTrainedModel, plan: PruningPlan, *, consume: bool = False) -> PreTrainedModel:
     """A new, physically smaller model computing what ``model`` masked by ``plan`` computes.
 
-    ``model`` is left untouched. The result keeps its dtypes, device, train/eval mode, generation
-    config and whether the LM head is tied to the input embeddings.
+    ``model`` is left untouched, unless ``consume``: then its tensors are cut one at a time and
+    ``model`` is left empty (on the meta device), so the peak is one model plus one tensor rather
+    than a model plus its pruned copy. The result keeps its dtypes, device, train/eval mode,
+    generation config and whether the LM head is tied to the input embeddings.
     """
     family = _family(model.config)
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         raise ValueError("prune_model needs whole parameters; this model is ZeRO-3 partitioned "
                          "(consolidate it first, e.g. with get_fp32_state_dict_from_zero_checkpoint)")
     new_config = pruned_config(model.config, plan)
-    state = pruned_state_dict(model, plan)
     cls = family.remote_class if is_remote(new_config) else type(model)
-    with no_init_weights():  # every tensor is loaded below; this also skips tying
-        new = cls(new_config)
-    if not _lm_head_tied(model):  # e.g. T5 v1.1: transformers 5 ties unless the checkpoint differs
-        new.all_tied_weights_keys.pop("lm_head.weight", None)
-    new.tie_weights(recompute_mapping=False)
-    for name, tensor in new.state_dict(keep_vars=True).items():
-        if name in state and tensor.dtype != state[name].dtype:
-            tensor.data = tensor.data.to(state[name].dtype)
-    new.load_state_dict(state, strict=True)
+    tied = _lm_head_tied(model)
     device = next(model.parameters()).device
-    new.to(device)
+    if consume:
+        source = model.state_dict()
+        model.to("meta")  # the model lets go of its tensors; ``source`` holds the only references
+        state = prune_state(source, model.config, plan, consume=True)
+        with torch.device("meta"):
+            new = cls(new_config)
+    else:
+        state = pruned_state_dict(model, plan)
+        with no_init_weights():  # every tensor is loaded below; this also skips tying
+            new = cls(new_config)
+    if not tied:  # e.g. T5 v1.1: transformers 5 ties unless the checkpoint differs
+        new.all_tied_weights_keys.pop("lm_head.weight", None)
+    if consume:
+        _assign_state(new, state)
+    else:
+        new.tie_weights(recompute_mapping=False)
+        for name, tensor in new.state_dict(keep_vars=True).items():
+            if name in state and tensor.dtype != state[name].dtype:
+                tensor.data = tensor.data.to(state[name].dtype)
+        new.load_state_dict(state, strict=True)
+        new.to(device)
     new.train(model.training)
     if getattr(model, "generation_config", None) is not None:
         new.generation_config = copy.deepcopy(model.generation_config)
     return new
+
+
+def _assign_state(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (every name, tied ones included) into ``model`` on meta by assignment, then tie."""
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = dict(model.all_tied_weights_keys or {})
+    missing = [k for k in missing if k not in tied]
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for target, source in tied.items():
+        module_name, _, attr = target.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, params[source])
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not left, f"not loaded: {left[:5]}"
 
 
 def num_params_from_plan(config, plan: PruningPlan, *, tied_lm_head: bool = True) -> int:
@@ -404,6 +454,17 @@ def _check_indices(name: str, kept: list[int], size: int) -> None:
         raise ValueError(f"{name} must be strictly increasing, got {kept}")
     if kept and (kept[0] < 0 or kept[-1] >= size):
         raise ValueError(f"{name} holds indices outside [0, {size}): {kept}")
+
+
+def _whole(index: Index, tensor: torch.Tensor, dim: int) -> bool:
+    """Whether ``index`` keeps every entry of ``tensor`` along ``dim`` in order."""
+    if index is None or tensor.dim() <= dim or index.numel() != tensor.shape[dim]:
+        return index is None
+    return bool(torch.equal(index, torch.arange(tensor.shape[dim], dtype=index.dtype)))
+
+
+def _same(a: Index, b: Index) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 def _lm_head_tied(model: PreTrainedModel) -> bool:

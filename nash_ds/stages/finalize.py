@@ -7,12 +7,20 @@
    exit non-zero and publish nothing;
 5. publish ``<output_dir>/finalize/{model/, pruning_report.json}`` atomically.
 Other ranks wait.
+
+Memory (rank 0 holds the whole model): the checkpoint is read tensor by tensor and only the
+student and its masks (optimizer state, Lagrangian and distillation projections stay on disk);
+the student is built from those tensors without a copy; the masked model's self-check logits
+are computed first and parked on disk; the student is then cut tensor by tensor into the pruned
+model (each full tensor freed once sliced). The peak is about one fp32 student plus one tensor
+(bench/finalize_memory.py, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import copy
+import gc
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +30,10 @@ from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.stages import common
 from nash_ds.stages.prune import META_FILE
+
+FINALIZE_PREFIXES = ("student.", "masks.")
+"""What the finalizer reads of a prune checkpoint (PruneModule also holds lagrangian.*, enc_proj.*,
+dec_proj.*, which it does not need)."""
 
 
 class SelfCheckError(RuntimeError):
@@ -41,8 +53,12 @@ def _model_from_config(config):
     return AutoModelForSeq2SeqLM.from_config(config)
 
 
-def load_prune_checkpoint(path: Path, *, method: str) -> tuple[dict, dict, str, dict]:
-    """(state_dict, meta, tag, info) of the chosen checkpoint, with clear errors for bad input."""
+def load_prune_checkpoint(path: Path, *, method: str, prefixes: tuple[str, ...] | None = None
+                          ) -> tuple[dict, dict, str, dict]:
+    """(state_dict, meta, tag, info) of the chosen checkpoint, with clear errors for bad input.
+
+    ``prefixes``: read only the tensors whose names start with one of them (default: all).
+    """
     ckpt_dir, tag = ckpt.resolve_checkpoint(path)
     meta_path = ckpt_dir / META_FILE
     if not meta_path.is_file():
@@ -57,12 +73,14 @@ def load_prune_checkpoint(path: Path, *, method: str) -> tuple[dict, dict, str, 
     best = (info.get("best") or {}).get("tag")
     if best and (ckpt_dir / best / ckpt.COMPLETE).is_file():
         tag = best
-    state = ckpt.consolidate(ckpt_dir, tag)
+    keep = None if prefixes is None else (lambda name: name.startswith(prefixes))
+    state = ckpt.consolidate(ckpt_dir, tag, keep=keep)
     return state, meta, tag, info
 
 
-def _sub_state(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def _pop_prefix(state: dict, prefix: str) -> dict:
+    """Move the entries under ``prefix`` out of ``state`` (no copies), prefix stripped."""
+    return {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
 
 
 def _max_logit_diff(a, b, batches) -> float:
@@ -75,14 +93,8 @@ def _max_logit_diff(a, b, batches) -> float:
     return worst
 
 
-def pruned_from_masks(student, *, family, masks, kept: list[int]):
-    """(physically pruned copy, plan) for deterministic ``masks`` (None: keep all, the sft case).
-
-    With masks, ``student`` leaves with the masks attached in deterministic mode: it is then the
-    masked model the pruned one must match.
-    """
-    from nash_ds.masks import attach
-    from nash_ds.models.pruning import prune_model
+def masked_plan(student, *, family, masks, kept: list[int]):
+    """The pruning plan of the deterministic ``masks`` (None: keep all, the sft case)."""
     from nash_ds.plan import PruningPlan
 
     if masks is None:
@@ -92,24 +104,77 @@ def pruned_from_masks(student, *, family, masks, kept: list[int]):
             num_heads=family.num_heads(c, "encoder"), encoder_ffn=family.d_ff(c, "encoder"),
             decoder_ffn=family.d_ff(c, "decoder"))
         plan.kept_decoder_layers = list(kept)
-    else:
-        masks.eval()
-        plan = masks.plan(kept)
-    pruned = prune_model(copy.deepcopy(student), plan).eval()
+        return plan
+    masks.eval()
+    return masks.plan(kept)
+
+
+def _attach_deterministic(student, *, family, masks) -> None:
+    """Make ``student`` the masked model: hooks on, gates at their deterministic values."""
+    from nash_ds.masks import attach
+
     student.eval()
     if masks is not None:
         attach(student, family, masks)
+        masks.eval()
         masks()  # deterministic gates for the hooks
+
+
+def pruned_from_masks(student, *, family, masks, kept: list[int]):
+    """(physically pruned copy, plan) for deterministic ``masks`` (None: keep all, the sft case).
+
+    With masks, ``student`` leaves with the masks attached in deterministic mode: it is then the
+    masked model the pruned one must match.
+    """
+    from nash_ds.models.pruning import prune_model
+
+    plan = masked_plan(student, family=family, masks=masks, kept=kept)
+    pruned = prune_model(student, plan).eval()  # leaves ``student`` untouched
+    _attach_deterministic(student, family=family, masks=masks)
     return pruned, plan
 
 
-def self_check(masked, pruned, batches, *, atol: float) -> float:
-    """Largest |logit difference| over ``batches``; raises SelfCheckError above ``atol``."""
-    diff = _max_logit_diff(masked, pruned, batches)
+def _checked(diff: float, atol: float) -> float:
     if not diff <= atol:
         raise SelfCheckError(f"self-check failed: the pruned model's logits differ from the masked model's by "
                              f"{diff:.3g} > finalize.atol={atol}; nothing was published")
     return diff
+
+
+def self_check(masked, pruned, batches, *, atol: float) -> float:
+    """Largest |logit difference| over ``batches``; raises SelfCheckError above ``atol``."""
+    return _checked(_max_logit_diff(masked, pruned, batches), atol)
+
+
+def park_logits(model, batches, directory: Path) -> list[Path]:
+    """Run ``model`` on ``batches`` and write each batch's logits to ``directory`` (large-vocab logits
+    of a few batches can weigh as much as a model; on disk they cost no memory meanwhile)."""
+    paths = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            paths.append(directory / f"logits-{i}.pt")
+            torch.save(model(**batch).logits, paths[-1])
+    return paths
+
+
+def self_check_parked(parked: list[Path], pruned, batches, *, atol: float) -> float:
+    """``self_check`` against logits written by ``park_logits`` (one batch in memory at a time)."""
+    worst = 0.0
+    with torch.no_grad():
+        for path, batch in zip(parked, batches, strict=True):
+            ref = torch.load(path, weights_only=True)
+            worst = max(worst, float((ref - pruned(**batch).logits).abs().max()))
+            del ref
+    return _checked(worst, atol)
+
+
+def _cast_for_export(model, dtype: torch.dtype) -> None:
+    """Cast ``model`` in place as ``save_hf_dir(dtype=...)`` casts its copy (``_keep_in_fp32_modules``,
+    T5's ``wo``, stay fp32), so the export needs no second model in memory."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype and not keep & set(name.split(".")[:-1]):
+            tensor.data = tensor.data.to(dtype)
 
 
 def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
@@ -118,38 +183,49 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.export import atomic_dir, save_hf_dir
     from nash_ds.masks import MaskSet
     from nash_ds.models import get_family, load_full_state
+    from nash_ds.models.pruning import prune_model
 
     method = cfg.prune.method
     source = Path(cfg.finalize.checkpoint or Path(cfg.output_dir) / "prune" / "checkpoints")
-    state, meta, tag, info = load_prune_checkpoint(source, method=method)
+    state, meta, tag, info = load_prune_checkpoint(source, method=method, prefixes=FINALIZE_PREFIXES)
+    student_state = _pop_prefix(state, "student.")
+    mask_state = _pop_prefix(state, "masks.")
     student_config = _config_from_dict(meta["student_config"])
     teacher_config = _config_from_dict(meta["teacher_config"])
     family = get_family(student_config)
     with torch.device("meta"):
         student = _model_from_config(student_config)
-    load_full_state(student, _sub_state(state, "student."), what=f"checkpoint {source}")
-    student.eval()
+    load_full_state(student, student_state, what=f"checkpoint {source}")  # no copy: the student owns them
+    del state, student_state
     kept = list(meta["kept_decoder_layers"])
     masks = None
     if method in ("nash", "cofi"):
         masks = MaskSet(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
                         teacher_config=teacher_config)
-        masks.load_state_dict(_sub_state(state, "masks."))
-    pruned, plan = pruned_from_masks(student, family=family, masks=masks, kept=kept)
+        masks.load_state_dict(mask_state)
+    plan = masked_plan(student, family=family, masks=masks, kept=kept)
+    _attach_deterministic(student, family=family, masks=masks)
 
-    # self-check on real batches of the task
+    # self-check on real batches of the task: the masked model first, then the pruned one
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or meta["teacher"])
     data = build_datasets(cfg.data, tokenizer, splits=(cfg.data.eval_split,), seed=cfg.seed)[cfg.data.eval_split]
     collate = Seq2SeqCollator(tokenizer)
     bs = cfg.generation.eval_batch_size
     batches = [collate([data[i] for i in range(s, min(len(data), s + bs))])
                for s in range(0, min(len(data), bs * cfg.finalize.check_batches), bs)]
-    diff = self_check(student, pruned, batches, atol=cfg.finalize.atol)
+    with tempfile.TemporaryDirectory(prefix="nash-finalize-") as parked:
+        reference = park_logits(student, batches, Path(parked))
+        pruned = prune_model(student, plan, consume=True).eval()  # cuts the student tensor by tensor
+        del student
+        gc.collect()
+        diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
 
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher_config, masks=masks,
                           meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
+    export_dtype = getattr(torch, cfg.model.export_dtype)
+    _cast_for_export(pruned, export_dtype)
     with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
-        save_hf_dir(pruned, tokenizer, tmp / "model", dtype=getattr(torch, cfg.model.export_dtype))
+        save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
         (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
     return report
 
