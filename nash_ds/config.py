@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from nash_ds.estimate import EstimateConfig
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DIR = PACKAGE_DIR / "demo"
 
@@ -248,6 +250,7 @@ class RunConfig:
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -134,7 +134,7 @@ class Trainer:
     # -- main ---------------------------------------------------------------------------
     def fit(self) -> dict:
         t = self.cfg.train
-        groups = self.task.param_groups()
+        groups = [g for g in self.task.param_groups() if g["params"]]
         optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "schedule"} for g in groups],
                                       lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
         lambdas = [_lr_lambda(g["schedule"], warmup=t.warmup_steps, total=t.max_steps, decay=t.lr_decay)

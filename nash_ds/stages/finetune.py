@@ -22,7 +22,8 @@ def model_param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions are 1-d; ds_shape is the real one
+        (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "model", "schedule": "model"}]
     if no_decay:
         groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "model_no_decay",
