@@ -147,22 +147,6 @@ def rank_main(argv: list[str]) -> int:
             raise
 
     cli.run_stage = run_stage
-    if zero_init:  # the fix proposed for finetune.model_param_groups (docs/SCALE.md): partitioned params
-        from nash_ds.stages import finetune  # have a 1-d placeholder; their real rank is len(p.ds_shape)
-
-        def model_param_groups(model, *, lr, weight_decay):
-            decay, no_decay = [], []
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    ndim = len(getattr(p, "ds_shape", p.shape))
-                    (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
-            groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "model", "schedule": "model"}]
-            if no_decay:
-                groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "model_no_decay",
-                               "schedule": "model"})
-            return groups
-
-        finetune.model_param_groups = model_param_groups
     dist.resolve_ds_config = resolve
     models.load_model = load
     dist.initialize = initialize

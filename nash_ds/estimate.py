@@ -418,7 +418,7 @@ def _largest_block(model, family) -> int:
 
 def build_models(cfg, est: EstimateConfig) -> Models:
     """Meta-device student (and teacher for prune) with the decoder cut and masks of ``cfg.prune``."""
-    from nash_ds.models import get_family, select_decoder_layers
+    from nash_ds.models import get_family
 
     if est.stage not in ("finetune", "prune"):
         raise ValueError(f"estimate.stage must be finetune or prune, got {est.stage!r}")
@@ -429,14 +429,10 @@ def build_models(cfg, est: EstimateConfig) -> Models:
         total, largest = param_stats(teacher)
         return Models(student=teacher, teacher=None, trainable=total, largest=largest, masks=0,
                       block=_largest_block(teacher, family))
+    from nash_ds.stages.prune import kept_decoder_layers
+
     p = cfg.prune
-    num_dec = family.num_layers(teacher.config, "decoder")
-    if p.method == "cofi":
-        kept = list(range(num_dec))
-    elif isinstance(p.decoder_layers, list):
-        kept = select_decoder_layers(num_dec, len(p.decoder_layers), p.decoder_layers)
-    else:
-        kept = select_decoder_layers(num_dec, min(p.decoder_layers, num_dec), p.decoder_selection)
+    kept = kept_decoder_layers(p, family.num_layers(teacher.config, "decoder"))
     student = family.make_student(teacher, kept)
     s_total, s_largest = param_stats(student)
     extra = 2 * (family.d_model(student.config) ** 2 + family.d_model(student.config))  # enc/dec projections

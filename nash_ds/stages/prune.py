@@ -195,18 +195,20 @@ class _DeterministicMasks:
             self.masks.train(self.was_training)
 
 
-def build_student(cfg: RunConfig, teacher, family):
-    """Decoder cut chosen before training; returns (student, kept teacher layer indices)."""
+def kept_decoder_layers(p, num_decoder_layers: int) -> list[int]:
+    """Teacher decoder layers the student keeps (``p``: PruneConfig); cofi keeps them all."""
     from nash_ds.models import select_decoder_layers
 
-    p = cfg.prune
-    num_dec = family.num_layers(teacher.config, "decoder")
     if p.method == "cofi":
-        kept = list(range(num_dec))
-    elif isinstance(p.decoder_layers, list):
-        kept = select_decoder_layers(num_dec, len(p.decoder_layers), p.decoder_layers)
-    else:
-        kept = select_decoder_layers(num_dec, p.decoder_layers, p.decoder_selection)
+        return list(range(num_decoder_layers))
+    if isinstance(p.decoder_layers, list):
+        return select_decoder_layers(num_decoder_layers, len(p.decoder_layers), p.decoder_layers)
+    return select_decoder_layers(num_decoder_layers, p.decoder_layers, p.decoder_selection)
+
+
+def build_student(cfg: RunConfig, teacher, family):
+    """Decoder cut chosen before training; returns (student, kept teacher layer indices)."""
+    kept = kept_decoder_layers(cfg.prune, family.num_layers(teacher.config, "decoder"))
     return family.make_student(teacher, kept), kept
 
 
