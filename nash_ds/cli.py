@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if dist.is_rank_zero() and args.stage != "pipeline":
         print(f"[nash-ds] {args.stage} finished in {time.perf_counter() - t0:.1f} s", flush=True)
+    dist.shutdown()
     return 0 if result is not None else 1
 
 

@@ -58,6 +58,16 @@ def _return_freed_memory_to_os() -> None:
         pass
 
 
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits: gloo / shared-memory threads left
+    running at exit can abort a rank ("terminate called without an active exception")."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        try:
+            barrier()
+        finally:
+            torch_dist.destroy_process_group()
+
+
 def rank() -> int:
     return torch_dist.get_rank() if torch_dist.is_initialized() else 0
 
