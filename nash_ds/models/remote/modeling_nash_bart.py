@@ -9,15 +9,13 @@ and resizes the FFNs per layer. A removed sublayer (0 heads / 0 dims) has no out
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from transformers import BartForConditionalGeneration
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bart.modeling_bart import BartAttention, eager_attention_forward
 
 from .configuration_nash_bart import NashBartConfig
-from .modeling_nash_utils import linear
+from .modeling_nash_utils import linear, project_kv
 
 
 class NashBartAttention(BartAttention):
@@ -47,34 +45,14 @@ class NashBartAttention(BartAttention):
         self.out_proj = linear(inner, embed_dim, bias=True)  # an EmptyLinear (no bias) for 0 heads
 
     def forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None, **kwargs):
-        is_cross_attention = key_value_states is not None
         input_shape = hidden_states.shape[:-1]  # (batch, q_len)
         head_shape = (self.num_heads, self.head_dim)  # explicit: -1 fails with 0 heads
         # (batch, heads, q_len, head_dim)
         query_states = self.q_proj(hidden_states).view(*input_shape, *head_shape).transpose(1, 2)
 
-        is_updated = False
-        curr_cache = cache
-        if isinstance(cache, EncoderDecoderCache):
-            is_updated = cache.is_updated.get(self.layer_idx)
-            curr_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
-
-        current_states = key_value_states if is_cross_attention else hidden_states
-        if is_cross_attention and cache is not None and is_updated:
-            key_states = curr_cache.layers[self.layer_idx].keys
-            value_states = curr_cache.layers[self.layer_idx].values
-        else:
-            kv_shape = (*current_states.shape[:-1], *head_shape)
-            key_states = self.k_proj(current_states).view(kv_shape).transpose(1, 2)
-            value_states = self.v_proj(current_states).view(kv_shape).transpose(1, 2)
-            if cache is not None:
-                if not self.num_heads:  # cache one zero head: an empty entry would read as length 0
-                    key_states = key_states.new_zeros((key_states.shape[0], 1, *key_states.shape[2:]))
-                    value_states = torch.zeros_like(key_states)
-                key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx,
-                                                             kwargs=kwargs)
-                if is_cross_attention and isinstance(cache, EncoderDecoderCache):
-                    cache.is_updated[self.layer_idx] = True
+        key_states, value_states = project_kv(k_proj=self.k_proj, v_proj=self.v_proj, hidden_states=hidden_states,
+                                              key_value_states=key_value_states, cache=cache,
+                                              layer_idx=self.layer_idx, head_shape=head_shape, kwargs=kwargs)
 
         attn_weights = None
         if self.num_heads == 0:

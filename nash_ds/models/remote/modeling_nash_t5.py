@@ -12,12 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import T5ForConditionalGeneration
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.t5.modeling_t5 import T5Attention, eager_attention_forward
 
 from .configuration_nash_t5 import NashT5Config
-from .modeling_nash_utils import linear
+from .modeling_nash_utils import linear, project_kv
 
 
 class NashT5Attention(T5Attention):
@@ -50,33 +49,13 @@ class NashT5Attention(T5Attention):
         past_seen_tokens = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         if isinstance(past_seen_tokens, torch.Tensor):
             past_seen_tokens = past_seen_tokens.clone()
-        is_cross_attention = key_value_states is not None
 
         # (batch, heads, q_len, d_kv)
         query_states = self.q(hidden_states).view(*input_shape, *head_shape).transpose(1, 2)
 
-        is_updated = False
-        curr_cache = cache
-        if isinstance(cache, EncoderDecoderCache):
-            is_updated = cache.is_updated.get(self.layer_idx)
-            curr_cache = cache.cross_attention_cache if is_cross_attention else cache.self_attention_cache
-
-        current_states = key_value_states if is_cross_attention else hidden_states
-        if is_cross_attention and cache is not None and is_updated:
-            key_states = curr_cache.layers[self.layer_idx].keys
-            value_states = curr_cache.layers[self.layer_idx].values
-        else:
-            kv_shape = (*current_states.shape[:-1], *head_shape)
-            key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
-            value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
-            if cache is not None:
-                if not self.n_heads:  # cache one zero head: an empty entry would read as length 0
-                    key_states = key_states.new_zeros((key_states.shape[0], 1, *key_states.shape[2:]))
-                    value_states = torch.zeros_like(key_states)
-                key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx,
-                                                             kwargs=kwargs)
-                if is_cross_attention and isinstance(cache, EncoderDecoderCache):
-                    cache.is_updated[self.layer_idx] = True
+        key_states, value_states = project_kv(k_proj=self.k, v_proj=self.v, hidden_states=hidden_states,
+                                              key_value_states=key_value_states, cache=cache,
+                                              layer_idx=self.layer_idx, head_shape=head_shape, kwargs=kwargs)
 
         if position_bias is None:  # first layer of the stack: bias for ALL original heads
             key_length = key_states.shape[-2]
