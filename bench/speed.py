@@ -70,9 +70,13 @@ def encoder_sizes(family, config) -> tuple[int, int, int, int, int]:
             family.params_per_head(config, "encoder", "self"), family.params_per_ffn_dim(config, "encoder"))
 
 
-def random_encoder_plan(family, student, *, sparsity: float, seed: int) -> PruningPlan:
+def random_encoder_plan(family, student, *, sparsity: float, seed: int, uniform: bool = False) -> PruningPlan:
     """Keep everything in the decoder; keep random per-layer head / FFN subsets in the encoder whose
-    prunable parameters add up to (1 - sparsity) of the dense encoder's (within one FFN dim per layer)."""
+    prunable parameters add up to (1 - sparsity) of the dense encoder's (within one FFN dim per layer).
+
+    ``uniform``: every encoder layer keeps the same number of heads and FFN dims. For T5 the export
+    is then still a ``nash_t5`` model (stock T5 has one width for both stacks and the decoder stays
+    dense) while its stock twin has exactly its tensor shapes: the ratio is the export's own cost."""
     config = student.config
     layers, heads, d_ff, per_head, per_dim = encoder_sizes(family, config)
     plan = PruningPlan.full(num_encoder_layers=layers, num_decoder_layers=family.num_layers(config, "decoder"),
@@ -82,9 +86,10 @@ def random_encoder_plan(family, student, *, sparsity: float, seed: int) -> Pruni
     rng = random.Random(seed)
     keep = 1.0 - sparsity
     # heads: per-layer fractions scattered around the target (NASH's learned masks are uneven)
-    num_heads = [min(heads, max(1, round(heads * keep * rng.uniform(0.6, 1.4)))) for _ in range(layers)]
+    spread = (lambda: 1.0) if uniform else (lambda: rng.uniform(0.6, 1.4))
+    num_heads = [min(heads, max(1, round(heads * keep * spread()))) for _ in range(layers)]
     budget = keep * layers * (heads * per_head + d_ff * per_dim) - sum(num_heads) * per_head
-    weights = [rng.uniform(0.6, 1.4) for _ in range(layers)]
+    weights = [spread() for _ in range(layers)]
     dims = [min(d_ff, max(1, round(budget / per_dim * w / sum(weights)))) for w in weights]
     plan.encoder_heads = [sorted(rng.sample(range(heads), n)) for n in num_heads]
     plan.encoder_ffn = [sorted(rng.sample(range(d_ff), n)) for n in dims]
@@ -160,7 +165,8 @@ def bench_shape(shape: str, args, rows: list[dict]) -> None:
         student = family.make_student(dense, kept)
         models, meta = {"dense": dense}, {"dense": {"kind": "dense", "k": num_layers, "sparsity": 0.0}}
         for s in args.sparsity:
-            plan = random_encoder_plan(family, student, sparsity=s, seed=args.seed + k * 100 + round(s * 100))
+            plan = random_encoder_plan(family, student, sparsity=s, seed=args.seed + k * 100 + round(s * 100),
+                                       uniform=args.uniform)
             pruned = prune_model(student, plan).eval()
             twin = stock_twin(family, pruned, plan, seed=args.seed)
             models[f"nash k={k} s={s}"] = pruned
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uniform", action="store_true",
+                   help="same widths in every encoder layer: for T5 the stock twin then has the export's exact shape")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
@@ -262,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, device {rows[0]['device']}, dtype {rows[0]['dtype']}, batch {args.batch_size}, "
           f"{args.source_length} in / {args.new_tokens} out, beams {args.beams}, warmup {args.warmup}, "
-          f"median (min) of {args.repeats} interleaved repeats")
+          f"median (min) of {args.repeats} interleaved repeats, {'uniform' if args.uniform else 'per-layer'} "
+          "encoder widths")
     print("\nwall clock, median (min):\n")
     print(markdown(rows))
     if rows[0]["device"] == "cpu":

@@ -261,14 +261,14 @@ def inference_engine(model: torch.nn.Module, *, ds: dict):
 
 
 @contextmanager
-def zero3_init_context(ds: dict):
-    """Build HF models partitioned from the start under ZeRO-3, else no-op.
+def zero3_init_context(ds: dict, *, enabled: bool = True):
+    """Build HF models partitioned from the start under ZeRO-3, else (or when not ``enabled``) no-op.
 
     Inside the block transformers sees ZeRO-3 (HfDeepSpeedConfig): ``from_config`` builds under
     ``deepspeed.zero.Init`` and ``from_pretrained`` loads each weight straight into its partition,
     so no rank ever holds the full model. Scoped: later code sees no global DeepSpeed config.
     """
-    if zero_stage(ds) != 3:
+    if zero_stage(ds) != 3 or not enabled:
         yield
         return
     from transformers.integrations import HfDeepSpeedConfig
@@ -280,6 +280,16 @@ def zero3_init_context(ds: dict):
     finally:
         unset_hf_deepspeed_config()
         del hf
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 has partitioned ``model``'s parameters (each rank holds a shard)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def full_shape(p: torch.Tensor) -> torch.Size:
+    """The shape of a parameter, also when ZeRO-3 holds only its partition."""
+    return getattr(p, "ds_shape", p.shape)
 
 
 @contextmanager

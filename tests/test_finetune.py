@@ -41,19 +41,36 @@ def test_two_ranks_lower_the_loss_and_export_loads(tmp_path, zero):
 
 
 def test_zero3_two_ranks_matches_zero0_one_rank_accumulated(tmp_path):
-    """Same seed, data and global batch: 2 ranks x 1 sample (ZeRO-3) == 1 rank x 2 accumulated (ZeRO-0)."""
+    """Same seed, data and global batch: 2 ranks x 1 sample (ZeRO-3) == 1 rank x 2 accumulated (ZeRO-0).
+
+    From a saved T5 v1.1 directory (untied head): ZeRO-3 loads it straight into the partitions."""
+    from transformers import AutoTokenizer
+
+    from nash_ds.demo import DEMO_TOKENIZER
+    from nash_ds.models import load_model
+    from nash_ds.stages.common import model_kwargs_from_tokenizer
+
+    start = tmp_path / "start"
+    tok = AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
+    load_model("preset:tiny-t5-v1_1", seed=5, **model_kwargs_from_tokenizer(tok)).save_pretrained(start)
+    tok.save_pretrained(start)
     common = ["train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=1", "train.lr=1e-3",
-              "train.warmup_steps=0", *FAST]
+              "train.warmup_steps=0", f"model.name_or_path={start}", *FAST]
     a, b = tmp_path / "z3", tmp_path / "z0"
-    run_nash("finetune", f"output_dir={a}", "train.ds_config=ds_configs/zero3_fp32.json", "train.grad_accum=1",
-             *common, ranks=2)
+    r = run_nash("finetune", f"output_dir={a}", "train.ds_config=ds_configs/zero3_fp32.json", "train.grad_accum=1",
+                 *common, ranks=2)
+    assert "loaded partitioned (ZeRO-3)" in r.stdout
     run_nash("finetune", f"output_dir={b}", "train.ds_config=ds_configs/zero0_fp32.json", "train.grad_accum=2",
              *common, ranks=1)
     wa, wb = load_weights(a / "finetune" / "model"), load_weights(b / "finetune" / "model")
-    assert wa.keys() == wb.keys()
+    assert wa.keys() == wb.keys() and "lm_head.weight" in wa  # the untied head survives the round trip
+    w0 = load_weights(start)
+    assert not torch.equal(wa["lm_head.weight"], wa["shared.weight"])
     for k in wa:
-        # stated tolerance: fp32 reductions in another order, amplified a little by Adam over 6 steps
-        torch.testing.assert_close(wa[k], wb[k], atol=2e-5, rtol=1e-4, msg=k)
+        # stated tolerance: fp32 reductions in another order, amplified by Adam where a gradient is near
+        # zero (up to 5e-5 seen on the gated T5 v1.1 preset); training moved every tensor by ~3.5e-3
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-4, msg=k)
+        assert (wb[k] - w0[k]).abs().max() > 1e-3, k
     la = [v for _, v in scalars(a / "finetune" / "tensorboard", "train/loss")]
     lb = [v for _, v in scalars(b / "finetune" / "tensorboard", "train/loss")]
     torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-5, rtol=1e-5)

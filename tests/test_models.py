@@ -155,6 +155,27 @@ def test_make_student_t5_dropping_layer0_carries_the_bias():
     assert set(student.state_dict()) == set(ref.state_dict())
 
 
+@pytest.mark.parametrize("kept", [[0, 3], [1, 2], [3]])
+def test_copy_student_equals_make_student(preset, kept):
+    """The ZeRO-3 path (student from its config, filled tensor by tensor) builds make_student's model."""
+    from nash_ds.stages.prune import copy_student
+
+    teacher = tiny_model(preset)
+    fam = get_family(teacher)
+    ref = fam.make_student(teacher, kept).eval()
+    student = copy_student(teacher, fam, kept, ds={"zero_optimization": {"stage": 0}}).eval()
+    assert type(student) is type(ref) and student.config.to_dict() == ref.config.to_dict()
+    tied = student.lm_head.weight is student.get_input_embeddings().weight
+    assert tied == (ref.lm_head.weight is ref.get_input_embeddings().weight)
+    a, b = student.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, ref(**batch).logits, rtol=0, atol=0)
+
+
 def test_make_student_roundtrips_and_generates(preset, tmp_path):
     teacher = tiny_model(preset)
     fam = get_family(teacher)

@@ -42,9 +42,10 @@ def zero_runs(teacher_dir, tmp_path_factory):
     runs = {}
     for name, ranks, zero, accum in (("z3", 2, 3, 1), ("z2", 2, 2, 1), ("z0", 1, 0, 2)):
         out = root / name
-        run_nash("prune", f"output_dir={out}", f"prune.teacher={teacher_dir}", f"model.name_or_path={teacher_dir}",
-                 f"train.ds_config=ds_configs/zero{zero}_fp32.json", f"train.grad_accum={accum}", *SHORT,
-                 ranks=ranks)
+        r = run_nash("prune", f"output_dir={out}", f"prune.teacher={teacher_dir}",
+                     f"model.name_or_path={teacher_dir}", f"train.ds_config=ds_configs/zero{zero}_fp32.json",
+                     f"train.grad_accum={accum}", *SHORT, ranks=ranks)
+        (out / "launcher.log").write_text(r.stdout + r.stderr)
         runs[name] = out
     return runs
 
@@ -65,6 +66,16 @@ def test_log_alphas_agree_across_zero_stages_and_world_sizes(zero_runs):
     # and they did move: training changed the masks (init is N(mu, 0.01) with mu = 0 here)
     init = max(v.abs().max().item() for v in ref.values())
     assert init > 0.1
+    # ZeRO-3 built teacher and student partitioned (no rank held either whole), the others copied the
+    # teacher: the trained students agree all the same
+    assert "built partitioned (ZeRO-3)" in (zero_runs["z3"] / "launcher.log").read_text()
+    assert "copied from the teacher" in (zero_runs["z2"] / "launcher.log").read_text()
+    ref = load_weights(zero_runs["z0"] / "prune" / "model" / "student")
+    for name in ("z3", "z2"):
+        other = load_weights(zero_runs[name] / "prune" / "model" / "student")
+        assert other.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(other[k], ref[k], atol=1e-4, rtol=1e-4, msg=f"{name}:{k}")
 
 
 @pytest.mark.parametrize("run", ["z3", "z0"])
@@ -93,6 +104,26 @@ def test_checkpoints_of_any_zero_stage_finalize_and_match_the_masked_model(zero_
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "decoder_input_ids": ids[:, :4]}
     with torch.no_grad():
         torch.testing.assert_close(exported(**batch).logits, student(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_final_finetune_of_a_pruned_export_under_zero3_with_a_partitioned_teacher(zero_runs, teacher_dir, tmp_path):
+    """The pipeline's last stage on 2 ranks under ZeRO-3: the export (per-layer widths) and the teacher
+    are loaded straight into their partitions, train, and the result keeps the export's shapes."""
+    out = zero_runs["z3"]
+    if not (out / "finalize" / "model").exists():
+        run_nash("finalize", f"output_dir={out}", *FAST)
+    pruned = out / "finalize" / "model"
+    final = tmp_path / "final"
+    r = run_nash("finetune", f"output_dir={final}", f"model.name_or_path={pruned}", "train.distill=true",
+                 f"prune.teacher={teacher_dir}", "train.ds_config=ds_configs/zero3_fp32.json", "train.max_steps=3",
+                 "train.eval_every=0", "train.micro_batch_size=2", "train.warmup_steps=0", *FAST, ranks=2)
+    assert "loaded partitioned (ZeRO-3)" in r.stdout
+    before, after = load_weights(pruned), load_weights(final / "finetune" / "model")
+    assert before.keys() == after.keys()
+    assert all(before[k].shape == after[k].shape for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    kd = [v for _, v in scalars(final / "finetune" / "tensorboard", "train/kd")]
+    assert len(kd) == 3 and all(v > 0 and v == v for v in kd)
 
 
 def test_finalize_rejects_missing_corrupt_and_foreign_checkpoints(zero_runs, tmp_path):

@@ -157,4 +157,56 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
         if key != "vocab_size" and value is not None:
             setattr(config, key, value)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    return AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        _untie_head_like_the_checkpoint(model, path)
+    return model
+
+
+def _untie_head_like_the_checkpoint(model: nn.Module, path: str) -> None:
+    """ZeRO-3 loading (transformers 5.24) of an untied head (T5 v1.1, Flan-T5): fix what it got wrong.
+
+    T5 is built with its LM head tied to the embedding; the ordinary loader unties the two when the
+    checkpoint holds both with different values, but the ZeRO-3 loader loads both keys into the one
+    shared parameter (the head's values win) and keeps them tied. Here the embedding gets its own
+    values back and the head becomes its own parameter (``deepspeed.initialize`` partitions it).
+    """
+    import deepspeed
+
+    head, emb = get_family(model).lm_head(model), model.get_input_embeddings()
+    if head.weight is not emb.weight:
+        return
+    names = {m: n for n, m in model.named_modules()}
+    head_key, emb_key = f"{names[head]}.weight", f"{names[emb]}.weight"
+    tensors = _read_checkpoint_tensors(path, [head_key, emb_key])
+    if len(tensors) < 2 or torch.equal(tensors[head_key], tensors[emb_key]):
+        return  # tied in the checkpoint too
+    with deepspeed.zero.GatheredParameters([emb.weight], modifier_rank=0), torch.no_grad():
+        emb.weight.data.copy_(tensors[emb_key])
+    head.weight = nn.Parameter(tensors[head_key].to(emb.weight.dtype))
+    getattr(model, "all_tied_weights_keys", {}).pop(head_key, None)
+
+
+def _read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tensor]:
+    """``keys`` read from a (possibly sharded) safetensors checkpoint, local or in the HF cache."""
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    files: dict[str, str] = {}
+    index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        weight_map = json.loads(open(index).read())["weight_map"]
+        files = {k: cached_file(path, weight_map[k]) for k in keys if k in weight_map}
+    else:
+        single = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+        files = {k: single for k in keys} if single else {}
+    out = {}
+    for key, file in files.items():
+        with safe_open(file, "pt") as f:
+            if key in f.keys():
+                out[key] = f.get_tensor(key)
+    return out

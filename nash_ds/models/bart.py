@@ -9,6 +9,7 @@ Encoder and decoder may have different head counts and FFN widths.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,3 +154,14 @@ class BartFamily(Family):
         for cfg in {id(c): c for c in (student.config, decoder.config)}.values():
             cfg.decoder_layers = len(kept)
         return student
+
+    def student_config(self, config: Any, num_kept: int) -> Any:
+        """``decoder_layers`` set to ``num_kept``."""
+        config = copy.deepcopy(config)
+        config.decoder_layers = num_kept
+        return config
+
+    def student_source_name(self, name: str, kept_decoder_layers: Sequence[int]) -> str:
+        """Decoder layer i <- teacher layer kept[i]."""
+        m = re.fullmatch(r"(.*decoder\.layers\.)(\d+)(\..+)", name)
+        return name if m is None else f"{m.group(1)}{kept_decoder_layers[int(m.group(2))]}{m.group(3)}"

@@ -295,5 +295,13 @@ class Family:
         """
         raise NotImplementedError
 
+    def student_config(self, config: Any, num_kept: int) -> Any:
+        """A copy of the teacher's ``config`` with ``num_kept`` decoder layers (the student's config)."""
+        raise NotImplementedError
+
+    def student_source_name(self, name: str, kept_decoder_layers: Sequence[int]) -> str:
+        """The teacher parameter that ``make_student`` copies into the student's parameter ``name``."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_types={self.model_types})"

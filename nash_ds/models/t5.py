@@ -14,6 +14,7 @@ factor some other way); stock T5 would use the new d_model.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,3 +162,18 @@ class T5Family(Family):
         student.config.num_decoder_layers = len(kept)
         student.decoder.config.num_layers = len(kept)
         return student
+
+    def student_config(self, config: Any, num_kept: int) -> Any:
+        """``num_decoder_layers`` set to ``num_kept``."""
+        config = copy.deepcopy(config)
+        config.num_decoder_layers = num_kept
+        return config
+
+    def student_source_name(self, name: str, kept_decoder_layers: Sequence[int]) -> str:
+        """Decoder block i <- teacher block kept[i]; the relative attention bias <- teacher block 0's."""
+        m = re.fullmatch(r"decoder\.block\.(\d+)\.(.+)", name)
+        if m is None:
+            return name
+        rest = m.group(2)
+        source = 0 if "relative_attention_bias" in rest else kept_decoder_layers[int(m.group(1))]
+        return f"decoder.block.{source}.{rest}"

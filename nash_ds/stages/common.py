@@ -57,3 +57,13 @@ def model_kwargs_from_tokenizer(tok) -> dict:
     """Special-token ids for preset (random-init) models."""
     return dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 bos_token_id=tok.bos_token_id)
+
+
+def partitioned_build(ds: dict, name_or_path: str):
+    """Context that builds/loads a model partitioned under ZeRO-3 (no rank holds it whole).
+
+    Presets (``preset:<name>``, tiny random-init models for tests and the demo) are built whole on
+    every rank and partitioned by ``deepspeed.initialize``: their seeded init is then the same for
+    any ZeRO stage and world size, which zero.Init's initialisation would not give.
+    """
+    return dist.zero3_init_context(ds, enabled=not name_or_path.startswith("preset:"))

@@ -22,7 +22,7 @@ def model_param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions are 1-d; ds_shape is the real one
+        ndim = len(dist.full_shape(p))  # ZeRO-3 partitions are 1-d placeholders
         (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "model", "schedule": "model"}]
     if no_decay:
@@ -96,13 +96,18 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     tokenizer = common.load_tokenizer(common.tokenizer_source(cfg))
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
     preset = cfg.model.name_or_path.startswith("preset:")
-    model = load_model(cfg.model.name_or_path, seed=cfg.seed,
-                       **(common.model_kwargs_from_tokenizer(tokenizer) if preset else {}))
+    with common.partitioned_build(ds, cfg.model.name_or_path):
+        model = load_model(cfg.model.name_or_path, seed=cfg.seed,
+                           **(common.model_kwargs_from_tokenizer(tokenizer) if preset else {}))
+    if dist.is_rank_zero() and dist.is_partitioned(model):
+        print(f"[nash-ds] finetune: {cfg.model.name_or_path} loaded partitioned (ZeRO-3)", flush=True)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     teacher = None
     if cfg.train.distill:
-        teacher = dist.inference_engine(load_model(cfg.prune.teacher), ds=ds)
+        with common.partitioned_build(ds, cfg.prune.teacher):
+            teacher = load_model(cfg.prune.teacher)
+        teacher = dist.inference_engine(teacher, ds=ds)
     common.open_stage_dir(cfg, stage_dir)
     task = FinetuneTask(model, cfg=cfg, tokenizer=tokenizer, teacher=teacher)
     trainer = Trainer(cfg=cfg, stage_dir=stage_dir, task=task, tokenizer=tokenizer, train_set=data["train"],

@@ -9,6 +9,7 @@ them.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -206,10 +207,45 @@ def kept_decoder_layers(p, num_decoder_layers: int) -> list[int]:
     return select_decoder_layers(num_decoder_layers, p.decoder_layers, p.decoder_selection)
 
 
-def build_student(cfg: RunConfig, teacher, family):
-    """Decoder cut chosen before training; returns (student, kept teacher layer indices)."""
+def build_student(cfg: RunConfig, teacher, family, ds: dict):
+    """Decoder cut chosen before training; returns (student, kept teacher layer indices).
+
+    A whole teacher is copied (``family.make_student``); a ZeRO-3-partitioned one is never whole
+    on any rank, so the student is built partitioned from its config and filled from the teacher
+    tensor by tensor (``copy_student``).
+    """
     kept = kept_decoder_layers(cfg.prune, family.num_layers(teacher.config, "decoder"))
+    if dist.is_partitioned(teacher):
+        return copy_student(teacher, family, kept, ds=ds), kept
     return family.make_student(teacher, kept), kept
+
+
+def copy_student(teacher, family, kept: list[int], *, ds: dict):
+    """``family.make_student(teacher, kept)`` built from the student's config under ``ds``'s ZeRO stage.
+
+    Each student tensor is copied from the teacher tensor ``family.student_source_name`` names,
+    gathering one pair at a time under ZeRO-3; the result equals ``make_student``'s
+    (tests/test_models.py) without a second whole model on any rank.
+    """
+    from nash_ds.models.base import check_unmasked
+
+    check_unmasked(teacher)
+    with dist.zero3_init_context(ds):
+        student = type(teacher)._from_config(family.student_config(teacher.config, len(kept)))
+    head, emb = family.lm_head(teacher).weight, teacher.get_input_embeddings().weight
+    if head is not emb and family.lm_head(student).weight is student.get_input_embeddings().weight:
+        # T5 v1.1 / Flan-T5: transformers 5 ties T5's head on construction; keep the teacher's untied head
+        family.lm_head(student).weight = nn.Parameter(torch.empty(dist.full_shape(head)))
+    sources = dict(teacher.named_parameters(remove_duplicate=False))
+    for name, p in student.named_parameters():
+        src = sources[family.student_source_name(name, kept)]
+        with dist.gathered([src]), dist.gathered([p], modifier_rank=0), torch.no_grad():
+            p.data.copy_(src.data)
+    buffers = dict(teacher.named_buffers())
+    for name, b in student.named_buffers():
+        b.copy_(buffers[family.student_source_name(name, kept)])
+    student.generation_config = copy.deepcopy(teacher.generation_config)
+    return student
 
 
 def _check_student_family(cfg: RunConfig, family) -> None:
@@ -257,10 +293,14 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
                                 num_ranks=dist.world_size())
     teacher_src = cfg.prune.teacher
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or teacher_src)
-    teacher = load_model(teacher_src)
+    with common.partitioned_build(ds, teacher_src):  # ZeRO-3: no rank holds the whole teacher or student
+        teacher = load_model(teacher_src)
     family = get_family(teacher.config)
     _check_student_family(cfg, family)
-    student, kept = build_student(cfg, teacher, family)
+    student, kept = build_student(cfg, teacher, family, ds)
+    if dist.is_rank_zero():
+        how = "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher"
+        print(f"[nash-ds] prune: student keeps teacher decoder layers {kept}, {how}", flush=True)
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
     masks = None
     if cfg.prune.method in ("nash", "cofi"):
