@@ -4,7 +4,8 @@ Builds a random-weight model of a public shape (t5-base, t5-large, ...), saves i
 HF directory, writes a data set whose examples fill exactly --source-length / --target-length
 tokens, and runs ``run.py finetune`` and/or ``run.py prune`` (NASH mask learning with
 distillation; teacher = that model, student = the teacher keeping --decoder-layers of its decoder
-layers) through the real launcher (``python`` for 1 rank, ``deepspeed --num_gpus N`` otherwise)
+layers) and/or "student" (``run.py prune prune.method=sft`` with distillation weights 0: the same
+student, cross-entropy only, no masks, no teacher forward) through the real launcher (``python`` for 1 rank, ``deepspeed --num_gpus N`` otherwise)
 for every (stage, config:ranks) pair. For each config:ranks the stages run back to back, so the
 two runs of one overhead ratio see the same machine load.
 
@@ -28,14 +29,14 @@ JSON (``loads``, ``student_partitioned``, ``fp32_master_shared`` per rank) show 
 
 Tables: one row per run (stage, config, ranks: peak GiB per rank, predicted, x the first 1-rank
 run of the same stage, s/step, RSS after initialize and when built); then, when both stages ran,
-the overhead table: per config:ranks, finetune and prune s/step, prune / finetune, and the peak
-GiB per rank of both.
+the overhead table: per config:ranks, finetune (and student) and prune s/step, prune / finetune,
+prune / student, and the peak GiB per rank of finetune and prune.
 
-    python bench/memory.py --shape t5-base --stage finetune,prune --runs zero0:1,zero2:2,zero3:2 --steps 4
+    python bench/memory.py --shape t5-base --stage finetune,student,prune --runs zero0:1,zero2:2,zero3:2 --steps 4
     python bench/memory.py --shape t5-large --stage prune --runs zero3:2 --steps 3
     python bench/memory.py --shape t5-small --stage finetune,prune --runs zero0:1,zero3:2 --steps 2  # smoke
 
-Flags: --shape, --stage (comma list of finetune, prune), --runs (config:ranks list; zero0 means
+Flags: --shape, --stage (comma list of finetune, prune, student), --runs (config:ranks list; zero0 means
 zero0_fp32), --steps (>= 2), --source-length, --target-length, --batch-size, --decoder-layers,
 --checkpointing, --mmap-threshold (glibc MALLOC_MMAP_THRESHOLD_ for the ranks), --mallopt (the
 same set at run time), --trim (malloc_trim after deepspeed.initialize), --threads, --json (args,
@@ -64,7 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 GiB = 2**30
-STAGES = ("finetune", "prune")
+STAGES = ("finetune", "prune", "student")
 
 
 # ------------------------------------------------------------------------------ inside each rank
@@ -263,9 +264,13 @@ def run_one(stage: str, config: str, ranks: int, *, args, model_dir: Path, data_
     if stage == "finetune":
         overrides.append(f"model.name_or_path={model_dir}")
     else:
-        overrides += [f"prune.teacher={model_dir}", f"model.name_or_path={model_dir}", "prune.method=nash",
+        method = "nash" if stage == "prune" else "sft"
+        overrides += [f"prune.teacher={model_dir}", f"model.name_or_path={model_dir}", f"prune.method={method}",
                       f"prune.decoder_layers={args.decoder_layers}", "prune.sparsity_warmup_steps=2"]
-    entry = [str(Path(__file__).resolve()), "--rank", "--", stage, *overrides]
+        if stage == "student":  # the same decoder-cut student, plain cross-entropy: no masks, no teacher forward
+            overrides += ["distill.ce_weight=1", "distill.kd_weight=0", "distill.hidden_weight=0"]
+    entry = [str(Path(__file__).resolve()), "--rank", "--", "finetune" if stage == "finetune" else "prune",
+             *overrides]
     if ranks == 1:
         cmd = [sys.executable, *entry]
     else:
@@ -309,9 +314,10 @@ def predicted(stage: str, config: str, ranks: int, args, *, zero_init: bool) -> 
                              f"data.max_target_length={args.target_length}", f"prune.decoder_layers={args.decoder_layers}",
                              f"train.ds_config=ds_configs/{config}.json",
                              f"train.gradient_checkpointing={'true' if args.checkpointing else 'false'}"])
-    est = EstimateConfig(model=args.shape, stage=stage, world_size=ranks, ranks_per_node=ranks, device="cpu",
+    est = EstimateConfig(model=args.shape, stage="finetune" if stage == "finetune" else "prune", world_size=ranks,
+                         ranks_per_node=ranks, device="cpu",
                          memory_gb=1000.0, zero_init=zero_init, candidates=[f"{config}.json"])
-    return estimate(cfg, est)["plans"][0]["total"] / GiB
+    return estimate(cfg, est)["plans"][0]["total"] / GiB  # student: counted as prune (its teacher is loaded)
 
 
 def _gib_list(xs: list[float]) -> str:
@@ -326,8 +332,11 @@ def overhead_rows(results: list[dict]) -> list[dict]:
         pr = by.get(("prune", config, ranks))
         if stage != "finetune" or pr is None:
             continue
+        st = by.get(("student", config, ranks))
         rows.append({"config": config, "ranks": ranks, "finetune_step_s": ft["step_s"], "prune_step_s": pr["step_s"],
                      "ratio": pr["step_s"] / ft["step_s"] if ft["step_s"] else None,
+                     "student_step_s": st["step_s"] if st else None,
+                     "ratio_student": pr["step_s"] / st["step_s"] if st and st["step_s"] else None,
                      "finetune_peak_gib": ft["peak_gib"], "prune_peak_gib": pr["peak_gib"]})
     return rows
 
@@ -338,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return rank_main([a for a in argv if not a.startswith("--local_rank") and a not in ("--rank", "--")])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="t5-base")
-    p.add_argument("--stage", default="finetune", help="comma list of finetune, prune (e.g. finetune,prune)")
+    p.add_argument("--stage", default="finetune", help="comma list of finetune, prune, student (e.g. finetune,student,prune)")
     p.add_argument("--runs", default="zero0_fp32:1,zero2_fp32:2,zero3_fp32:2",
                    help="comma list of <ds_config name>:<ranks>; zero0 means zero0_fp32")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (>= 2: step 1 is not timed)")
@@ -415,12 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# overhead: NASH mask learning with distillation (prune, student keeps {args.decoder_layers} decoder "
               f"layers, teacher forward included) vs plain fine-tune of the full model, same ds_config and ranks; "
               f"s/step = median of steps 2..{args.steps} (step 1, with warm-up, excluded)", flush=True)
-        print(f"{'config':<14}{'ranks':>6}{'finetune s/step':>17}{'prune s/step':>14}{'prune/ft':>10}"
-              f"{'finetune peak GiB/rank':>24}{'prune peak GiB/rank':>21}", flush=True)
+        print("# student: the same decoder-cut student trained with cross-entropy only (prune.method=sft, no "
+              "distillation: no masks, no teacher forward), when --stage includes it", flush=True)
+        print(f"{'config':<14}{'ranks':>6}{'finetune s/step':>17}{'student s/step':>16}{'prune s/step':>14}"
+              f"{'prune/ft':>10}{'prune/student':>15}{'finetune peak GiB/rank':>24}{'prune peak GiB/rank':>21}",
+              flush=True)
         for o in overhead:
             ratio = f"{o['ratio']:.2f}" if o["ratio"] else "-"
-            print(f"{o['config']:<14}{o['ranks']:>6}{o['finetune_step_s']:>17.2f}{o['prune_step_s']:>14.2f}{ratio:>10}"
-                  f"{_gib_list(o['finetune_peak_gib']):>24}{_gib_list(o['prune_peak_gib']):>21}", flush=True)
+            st = f"{o['student_step_s']:.2f}" if o["student_step_s"] else "-"
+            rs = f"{o['ratio_student']:.2f}" if o["ratio_student"] else "-"
+            print(f"{o['config']:<14}{o['ranks']:>6}{o['finetune_step_s']:>17.2f}{st:>16}{o['prune_step_s']:>14.2f}"
+                  f"{ratio:>10}{rs:>15}{_gib_list(o['finetune_peak_gib']):>24}{_gib_list(o['prune_peak_gib']):>21}",
+                  flush=True)
     load1 = os.getloadavg()
     print(f"# load at end {load1[0]:.1f}", flush=True)
     if args.json:

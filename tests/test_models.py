@@ -265,3 +265,21 @@ def test_mt5_and_mbart_share_their_family(build):
             gate.log_alpha.fill_(10.0)
         ms()
         torch.testing.assert_close(model(**batch).logits, ref)
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_checkpoint_tensors_are_read_only_when_the_head_is_stored_apart(tmp_path, shard):
+    """What the ZeRO-3 untying reads: both tensors of an untied (T5 v1.1) checkpoint, single file or
+    sharded with an index; nothing from a tied one, which stores the embedding only."""
+    from nash_ds.models import _read_checkpoint_tensors
+
+    keys = ["lm_head.weight", "shared.weight"]
+    kw = {} if shard is None else {"max_shard_size": shard}
+    untied, tied = tiny_model("tiny-t5-v1_1"), tiny_model("tiny-t5")
+    untied.save_pretrained(tmp_path / "untied", **kw)
+    tied.save_pretrained(tmp_path / "tied", **kw)
+    assert (shard is not None) == (tmp_path / "untied" / "model.safetensors.index.json").exists()
+    got = _read_checkpoint_tensors(str(tmp_path / "untied"), keys)
+    assert torch.equal(got["lm_head.weight"], untied.lm_head.weight)
+    assert torch.equal(got["shared.weight"], untied.shared.weight)
+    assert _read_checkpoint_tensors(str(tmp_path / "tied"), keys) == {}

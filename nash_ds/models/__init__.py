@@ -181,7 +181,7 @@ def _untie_head_like_the_checkpoint(model: nn.Module, path: str) -> None:
     names = {m: n for n, m in model.named_modules()}
     head_key, emb_key = f"{names[head]}.weight", f"{names[emb]}.weight"
     tensors = _read_checkpoint_tensors(path, [head_key, emb_key])
-    if len(tensors) < 2 or torch.equal(tensors[head_key], tensors[emb_key]):
+    if not tensors or torch.equal(tensors[head_key], tensors[emb_key]):
         return  # tied in the checkpoint too
     with deepspeed.zero.GatheredParameters([emb.weight], modifier_rank=0), torch.no_grad():
         emb.weight.data.copy_(tensors[emb_key])
@@ -190,7 +190,8 @@ def _untie_head_like_the_checkpoint(model: nn.Module, path: str) -> None:
 
 
 def _read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tensor]:
-    """``keys`` read from a (possibly sharded) safetensors checkpoint, local or in the HF cache."""
+    """``keys`` read from a (possibly sharded) safetensors checkpoint, local or in the HF cache; {} unless
+    the checkpoint stores every one of them (a tied checkpoint stores the embedding only)."""
     import json
 
     from safetensors import safe_open
@@ -204,9 +205,14 @@ def _read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tens
     else:
         single = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
         files = {k: single for k in keys} if single else {}
+    def stored(key: str) -> bool:
+        with safe_open(files[key], "pt") as f:
+            return key in f.keys()
+
+    if not all(key in files and stored(key) for key in keys):
+        return {}  # read nothing unless every key is there
     out = {}
-    for key, file in files.items():
-        with safe_open(file, "pt") as f:
-            if key in f.keys():
-                out[key] = f.get_tensor(key)
+    for key in keys:
+        with safe_open(files[key], "pt") as f:
+            out[key] = f.get_tensor(key)
     return out

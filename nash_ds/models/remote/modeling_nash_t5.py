@@ -60,8 +60,10 @@ class NashT5Attention(T5Attention):
         if position_bias is None:  # first layer of the stack: bias for ALL original heads
             key_length = key_states.shape[-2]
             if self.has_relative_attention_bias:
+                # contiguous once here: every layer gathers its kept heads from it (3x faster than from
+                # compute_bias's permuted view; ~3% of a T5-base encoder pass, bench/speed.py --uniform)
                 position_bias = self.compute_bias(input_shape[1], key_length, device=query_states.device,
-                                                  past_seen_tokens=past_seen_tokens)
+                                                  past_seen_tokens=past_seen_tokens).contiguous()
             else:
                 position_bias = torch.zeros((1, self.num_bias_heads, input_shape[1], key_length),
                                             device=query_states.device, dtype=query_states.dtype)
