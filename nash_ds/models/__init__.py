@@ -193,6 +193,7 @@ def _read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tens
     """``keys`` read from a (possibly sharded) safetensors checkpoint, local or in the HF cache; {} unless
     the checkpoint stores every one of them (a tied checkpoint stores the embedding only)."""
     import json
+    from pathlib import Path
 
     from safetensors import safe_open
     from transformers.utils import cached_file
@@ -200,11 +201,12 @@ def _read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tens
     files: dict[str, str] = {}
     index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
     if index:
-        weight_map = json.loads(open(index).read())["weight_map"]
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
         files = {k: cached_file(path, weight_map[k]) for k in keys if k in weight_map}
     else:
         single = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
         files = {k: single for k in keys} if single else {}
+
     def stored(key: str) -> bool:
         with safe_open(files[key], "pt") as f:
             return key in f.keys()
