@@ -251,11 +251,8 @@ def _read_zero(root: Path, *, keep: Callable[[str], bool]) -> dict[str, torch.Te
                         state[name] = _fp32(out).view(shape)
                     offset += n + (paddings[g][i] if paddings is not None else 0)
                 total = sum(seg.numel() for _, seg in segments)
-
-                def align(x: int) -> int:  # ZeRO-2 pads each group to 2 * world elements
-                    return 2 * world * math.ceil(x / (2 * world))
-
-                if align(offset) != align(total):
+                align = 2 * world  # ZeRO-2 pads each group to a multiple of 2 * world elements
+                if math.ceil(offset / align) != math.ceil(total / align):
                     raise RuntimeError(f"group {g}: parameters take {offset} elements, the partitions {total}")
         elif stage == 3:
             shapes = {k: v for d in ms["param_shapes"] for k, v in d.items()}

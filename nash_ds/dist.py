@@ -217,6 +217,12 @@ def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def offloads(ds: dict, part: str) -> bool:
+    """Whether the ZeRO config moves ``part`` ("optimizer" or "param") off the accelerator (cpu, nvme)."""
+    target = ds.get("zero_optimization", {}).get(f"offload_{part}") or {}
+    return target.get("device", "none") in ("cpu", "nvme")
+
+
 def compute_dtype(ds: dict) -> torch.dtype:
     if ds.get("bf16", {}).get("enabled"):
         return torch.bfloat16

@@ -170,12 +170,12 @@ class Plan:
 
     @classmethod
     def from_ds(cls, name: str, ds: dict) -> Plan:
+        from nash_ds import dist
+
         z = ds.get("zero_optimization", {})
-        low = bool(ds.get("bf16", {}).get("enabled") or ds.get("fp16", {}).get("enabled"))
-        stage = int(z.get("stage", 0))
-        return cls(name=name, stage=stage, dtype_bytes=2 if low else 4,
-                   offload_optimizer=z.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme"),
-                   offload_param=z.get("offload_param", {}).get("device", "none") in ("cpu", "nvme"),
+        stage = dist.zero_stage(ds)
+        return cls(name=name, stage=stage, dtype_bytes=dist.compute_dtype(ds).itemsize,
+                   offload_optimizer=dist.offloads(ds, "optimizer"), offload_param=dist.offloads(ds, "param"),
                    reduce_bucket=float(z.get("reduce_bucket_size", 5e8)),
                    allgather_bucket=float(z.get("allgather_bucket_size", 5e8)),
                    prefetch_bucket=float(z.get("stage3_prefetch_bucket_size", 5e7)),

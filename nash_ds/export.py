@@ -54,14 +54,16 @@ def save_hf_dir(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
     Our remote classes copy their ``.py`` files and write ``auto_map`` into config.json, so the
     directory loads with ``AutoModelForSeq2SeqLM.from_pretrained(dir, trust_remote_code=True)``.
     """
+    from nash_ds.dist import is_partitioned
+
     model = unwrap_model(model)
-    if any(hasattr(p, "ds_id") for p in model.parameters()):
+    if is_partitioned(model):
         raise ValueError("save_hf_dir needs whole parameters; this model is ZeRO-3 partitioned "
                          "(gather or consolidate it first)")
     for name in extra_files or {}:
         _check_extra_name(name)
     if dtype is not None and _as_dtype(dtype) != model.dtype:
-        model = _cast_copy(model, _as_dtype(dtype))
+        model = cast_for_export(copy.deepcopy(model), _as_dtype(dtype))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -107,12 +109,11 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _cast_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
-    """A copy of ``model`` in ``dtype``, leaving ``_keep_in_fp32_modules`` (T5: wo) as they are."""
+def cast_for_export(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """``model`` cast to ``dtype`` in place (returned), leaving ``_keep_in_fp32_modules`` (T5: wo) as they are."""
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    model = copy.deepcopy(model)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not keep & set(name.split(".")[:-1]):
+        if tensor.is_floating_point() and tensor.dtype != dtype and not keep & set(name.split(".")[:-1]):
             tensor.data = tensor.data.to(dtype)
     return model
 

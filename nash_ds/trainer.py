@@ -111,8 +111,7 @@ def build_optimizer(groups: list[dict], *, ds: dict, lr: float, weight_decay: fl
     their own lr, weight_decay and betas; keys they lack (eps, bias_correction) come from the defaults.
     """
     groups = [{k: v for k, v in g.items() if k != "schedule"} for g in groups]
-    offload = (ds.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
-    if offload in ("cpu", "nvme"):
+    if dist.offloads(ds, "optimizer"):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,

@@ -367,7 +367,9 @@ def prune_model(model: PreTrainedModel, plan: PruningPlan, *, consume: bool = Fa
     generation config and whether the LM head is tied to the input embeddings.
     """
     family = _family(model.config)
-    if any(hasattr(p, "ds_id") for p in model.parameters()):
+    from nash_ds.dist import is_partitioned
+
+    if is_partitioned(model):
         raise ValueError("prune_model needs whole parameters; this model is ZeRO-3 partitioned "
                          "(consolidate it first, e.g. with get_fp32_state_dict_from_zero_checkpoint)")
     new_config = pruned_config(model.config, plan)

@@ -45,8 +45,8 @@ def load_for_eval(name_or_path: str | Path):
     from the installed nash_ds classes, never from code inside the directory."""
     from nash_ds.models import load_model
 
-    return load_model(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists()
-                      else str(name_or_path)).eval()
+    path = Path(name_or_path).expanduser()
+    return load_model(str(path) if path.exists() else str(name_or_path)).eval()
 
 
 def family_of(config):

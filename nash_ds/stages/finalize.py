@@ -168,19 +168,10 @@ def self_check_parked(parked: list[Path], pruned, batches, *, atol: float) -> fl
     return _checked(worst, atol)
 
 
-def _cast_for_export(model, dtype: torch.dtype) -> None:
-    """Cast ``model`` in place as ``save_hf_dir(dtype=...)`` casts its copy (``_keep_in_fp32_modules``,
-    T5's ``wo``, stay fp32), so the export needs no second model in memory."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and tensor.dtype != dtype and not keep & set(name.split(".")[:-1]):
-            tensor.data = tensor.data.to(dtype)
-
-
 def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     """Rank-0 body of the stage; returns the report."""
     from nash_ds.data import Seq2SeqCollator, build_datasets
-    from nash_ds.export import atomic_dir, save_hf_dir
+    from nash_ds.export import atomic_dir, cast_for_export, save_hf_dir
     from nash_ds.masks import MaskSet
     from nash_ds.models import get_family, load_full_state
     from nash_ds.models.pruning import prune_model
@@ -223,7 +214,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher_config, masks=masks,
                           meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
     export_dtype = getattr(torch, cfg.model.export_dtype)
-    _cast_for_export(pruned, export_dtype)
+    cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
     with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
         save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
         (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))

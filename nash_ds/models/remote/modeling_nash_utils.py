@@ -36,7 +36,6 @@ def linear(in_features: int, out_features: int, *, bias: bool) -> nn.Module:
     return nn.Linear(in_features, out_features, bias=bias)
 
 
-
 def project_kv(*, k_proj: nn.Module, v_proj: nn.Module, hidden_states, key_value_states, cache, layer_idx,
                head_shape: tuple[int, int], kwargs: dict):
     """Keys and values [batch, heads, kv_len, head_dim] of one attention, through the KV cache.
