@@ -37,14 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 GB = 1e9
-SHAPES = {
-    "t5-large": dict(d_model=1024, num_heads=16, d_kv=64, d_ff=4096, num_layers=24, num_decoder_layers=24,
-                     vocab_size=32128, feed_forward_proj="relu"),
-    "t5-base": dict(d_model=768, num_heads=12, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12,
-                    vocab_size=32128, feed_forward_proj="relu"),
-    "tiny": dict(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=4, vocab_size=256,
-                 feed_forward_proj="relu", relative_attention_num_buckets=8, relative_attention_max_distance=32),
-}
+SHAPES = ("t5-large", "t5-base", "tiny")
+"""Named T5 shapes of ``nash_ds.models.SHAPES``, and ``tiny`` (the tiny-t5 preset)."""
 TOKENIZER = REPO / "nash_ds" / "demo" / "tokenizer"
 
 
@@ -54,37 +48,43 @@ TOKENIZER = REPO / "nash_ds" / "demo" / "tokenizer"
 def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0) -> dict:
     """A NASH prune checkpoint of ``shape`` (random weights) in ``out/checkpoints``, on this rank's share."""
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from nash_ds import checkpoint as ckpt
     from nash_ds import dist
     from nash_ds.config import RunConfig
-    from nash_ds.masks import MaskSet, attach
-    from nash_ds.models import get_family, select_decoder_layers
+    from nash_ds.masks import Masking
+    from nash_ds.models import count_params, family_for, select_decoder_layers
     from nash_ds.stages.common import model_kwargs_from_tokenizer
-    from nash_ds.stages.finetune import model_param_groups
-    from nash_ds.stages.prune import META_FILE, PruneModule
+    from nash_ds.stages.prune import PruneModule
+    from nash_ds.trainer import model_param_groups
 
     dist.init_distributed()
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     ids = model_kwargs_from_tokenizer(tok)
     ids.pop("vocab_size")
     ids["decoder_start_token_id"] = ids["pad_token_id"]
-    teacher_config = AutoConfig.for_model("t5", **SHAPES[shape], **{k_: v for k_, v in ids.items() if v is not None})
-    family = get_family(teacher_config)
+    from nash_ds.models import named_shape_config, preset_config
+
+    teacher_config = preset_config("tiny-t5", vocab_size=256) if shape == "tiny" else named_shape_config(shape)
+    for key, value in ids.items():  # the demo tokenizer's special ids
+        if value is not None:
+            setattr(teacher_config, key, value)
+    family = family_for(teacher_config)
     kept = select_decoder_layers(teacher_config.num_decoder_layers, k, "uniform")
     student_config = copy.deepcopy(teacher_config)
     student_config.num_decoder_layers = k
     torch.manual_seed(seed)
     student = AutoModelForSeq2SeqLM.from_config(student_config)  # = make_student's structure, random weights
-    masks = MaskSet(family, student.config, method="nash", teacher_config=teacher_config)
+    masking = Masking.build(family, student.config, method="nash", droprate_init=0.5, teacher_config=teacher_config)
+    masks = masking.maskset
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in masks.parameters():  # spread: about a third of the encoder's units dropped
             p.copy_(torch.randn(p.shape, generator=g) * 2.0 - 0.5)
-    attach(student, family, masks)
+    masking.attach(student)
     cfg = RunConfig()
-    module = PruneModule(student, family=family, masks=masks, cfg=cfg, kept_decoder_layers=kept)
+    module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept)
     groups = model_param_groups(student, lr=1e-6, weight_decay=0.01)
     groups.append({"params": list(module.enc_proj.parameters()) + list(module.dec_proj.parameters()),
                    "lr": 1e-6, "weight_decay": 0.0, "name": "distill_proj"})
@@ -107,10 +107,11 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
     meta = {"method": "nash", "family": family.name, "teacher": str(TOKENIZER), "kept_decoder_layers": kept,
             "target_sparsity": cfg.prune.target_sparsity, "student_config": student.config.to_dict(),
             "teacher_config": teacher_config.to_dict()}
+    with torch.device("meta"):
+        meta["teacher_params"] = count_params(family.from_config(teacher_config), family)
     ckpt_dir = out / "checkpoints"
     if dist.is_rank_zero():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / META_FILE).write_text(json.dumps(meta, indent=1))
+        ckpt.write_meta(ckpt_dir, meta)
     tag = ckpt.tag_for(1)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": 1, "best": {}}, save_latest=False)
     dist.barrier()

@@ -16,7 +16,7 @@ engine ready, after each optimizer step), then ends every rank together after --
 (evaluation, checkpoint and export would otherwise add rank-0-only peaks that are not training
 memory). Step time = median of the step-to-step intervals after step 1 (step 1 includes the
 warm-up: first allocations, ZeRO-3 parameter fetch set-up, data loader start); step 1's own time
-is kept as ``first_step_s`` in the JSON. The estimator's figure (``nash_ds.estimate``) is
+is kept as ``first_step_s`` in the JSON. The estimator's figure (``nash_ds.memory``) is
 printed beside each run; it is told the run built its models partitioned (``zero_init``) exactly
 when the probes saw ZeRO-3 partitions (>= 95% of the elements) right after every ``load_model``
 and on the student handed to ``dist.initialize`` (column ``part.``: yes / partly / no).
@@ -53,7 +53,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from nash_ds.dist import free_port  # noqa: E402
 
 GiB = 2**30
 STAGES = ("finetune", "prune", "student")
@@ -216,18 +217,12 @@ def tensor_census(top: int = 12) -> dict:
 # ------------------------------------------------------------------------------ the driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_model_dir(shape: str, out: Path, *, seed: int = 0) -> Path:
-    """Random-weight HF directory of a named shape (``nash_ds.estimate.SHAPES``)."""
+    """Random-weight HF directory of a named shape (``nash_ds.models.SHAPES``)."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from nash_ds.estimate import model_config
+    from nash_ds.memory import model_config
 
     config = model_config(shape)
     torch.manual_seed(seed)
@@ -275,7 +270,7 @@ def run_one(stage: str, config: str, ranks: int, *, args, model_dir: Path, data_
         cmd = [sys.executable, *entry]
     else:
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-               str(_free_port()), *entry]
+               str(free_port()), *entry]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), NASH_MEM_OUT=str(out), NASH_MEM_STEPS=str(args.steps),
                NASH_MEM_TRIM="1" if args.trim else "0",
@@ -308,7 +303,8 @@ def run_one(stage: str, config: str, ranks: int, *, args, model_dir: Path, data_
 def predicted(stage: str, config: str, ranks: int, args, *, zero_init: bool) -> float:
     """The estimator's per-rank total (GiB) for this run."""
     from nash_ds.config import load_config
-    from nash_ds.estimate import EstimateConfig, estimate
+    from nash_ds.config import EstimateConfig
+    from nash_ds.memory import estimate
 
     cfg = load_config(None, [f"train.micro_batch_size={args.batch_size}", f"data.max_source_length={args.source_length}",
                              f"data.max_target_length={args.target_length}", f"prune.decoder_layers={args.decoder_layers}",

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from nash_ds.dist import free_port  # noqa: E402
 
 DEFAULT_RECIPES = "nash-k2,nash-k3,sft-k2,cofi-0.5,cofi-0.7"
 
@@ -48,12 +49,6 @@ def recipe_overrides(name: str, *, nash_sparsity: float) -> list[str]:
     if m := re.fullmatch(r"cofi-(0?\.\d+)", name):
         return ["prune.method=cofi", f"prune.target_sparsity={float(m.group(1))}"]
     raise ValueError(f"unknown recipe {name!r}: use nash-k<K>, sft-k<K> or cofi-<sparsity> (e.g. nash-k2, cofi-0.6)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_stage(stage: str, overrides: list[str], *, ranks: int, log: Path) -> float:

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nash_ds import latency
-from nash_ds.models import get_family, select_decoder_layers
+from nash_ds.models import family_for, select_decoder_layers
 from nash_ds.models.pruning import is_remote, prune_model
 from nash_ds.plan import PruningPlan
 
@@ -151,14 +151,16 @@ def num_params(model) -> int:
 
 
 def encoder_sparsity(family, model, dense) -> float:
-    return 1.0 - family.count_prunable_params(model)["encoder"] / family.count_prunable_params(dense)["encoder"]
+    from nash_ds.models import count_params
+
+    return 1.0 - count_params(model, family)["prunable_encoder"] / count_params(dense, family)["prunable_encoder"]
 
 
 def bench_shape(shape: str, args, rows: list[dict]) -> None:
     """Time one shape, appending rows to ``rows`` (and to --json after every k, so a cut run keeps them)."""
     device, dtype = latency.resolve_device(args.device), latency.resolve_dtype(args.dtype)
     dense = dense_model(shape, seed=args.seed)
-    family = get_family(dense)
+    family = family_for(dense)
     num_layers = family.num_layers(dense.config, "decoder")
     for k in args.k:
         kept = select_decoder_layers(num_layers, k, "uniform")

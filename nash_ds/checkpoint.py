@@ -8,17 +8,24 @@ way is never picked up by a resume or by the finalizer.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import math
+import os
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from nash_ds.compat import storage_file_offset
+
+log = logging.getLogger(__name__)
+
 COMPLETE = "COMPLETE"
+META_FILE = "prune_meta.json"
+"""Beside a prune stage's checkpoints: method, family, teacher, kept decoder layers, student and teacher
+configs and the teacher's parameter counts (what the finalizer needs besides the tensors)."""
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -49,6 +56,26 @@ def complete_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
 def newest_complete(ckpt_dir: Path) -> str | None:
     tags = complete_tags(ckpt_dir)
     return tags[-1][1] if tags else None
+
+
+def write_meta(ckpt_dir: Path, meta: dict) -> None:
+    """Rank 0: the run's metadata beside its checkpoints (``META_FILE``), written atomically."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, ckpt_dir / META_FILE)
+
+
+def read_meta(ckpt_dir: Path) -> dict:
+    """The metadata ``write_meta`` wrote; ValueError naming the file when it is missing or unreadable."""
+    path = ckpt_dir / META_FILE
+    if not path.is_file():
+        raise ValueError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
+                         "reads the checkpoints of 'run.py prune'")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is written by 'run.py prune'") from e
 
 
 def read_info(ckpt_dir: Path, tag: str) -> dict:
@@ -107,8 +134,7 @@ def consolidate(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool] | None 
             try:
                 state = _read_zero(root, keep=keep)
             except KeyError as e:  # a layout this reader does not know: DeepSpeed's own (lazy) reader
-                print(f"[nash-ds] consolidate: falling back to DeepSpeed's zero_to_fp32 ({e!r} not found)",
-                      file=sys.stderr, flush=True)
+                log.warning("consolidate: falling back to DeepSpeed's zero_to_fp32 (%r not found)", e)
                 state = _read_with_deepspeed(ckpt_dir, tag, keep=keep)
         else:
             # ZeRO-0: the full module is in rank 0's model-states file (written by this run), next
@@ -162,7 +188,7 @@ class _LazyFile:
         """``out`` (1-D, contiguous) <- elements ``[start, start + len(out))`` of the 1-D meta tensor ``t``."""
         assert t.dim() == 1 and out.dim() == 1 and out.is_contiguous() and out.dtype == t.dtype
         assert 0 <= start and start + out.numel() <= t.numel(), (start, out.numel(), t.numel())
-        offset = t.untyped_storage()._checkpoint_offset + (t.storage_offset() + start * t.stride(0)) * t.element_size()
+        offset = storage_file_offset(t) + (t.storage_offset() + start * t.stride(0)) * t.element_size()
         view = memoryview(out.view(torch.uint8).numpy())
         self._file.seek(offset)
         done = 0
@@ -185,7 +211,7 @@ def _read_named(f: _LazyFile, tensors: dict, *, keep: Callable[[str], bool]) -> 
     for name, t in tensors.items():
         if not keep(name):
             continue
-        where = (t.untyped_storage()._checkpoint_offset, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        where = (storage_file_offset(t), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         if where not in seen:
             seen[where] = _fp32(f.read(t))
         out[name] = seen[where]

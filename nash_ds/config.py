@@ -17,8 +17,6 @@ from typing import Any
 
 import yaml
 
-from nash_ds.estimate import EstimateConfig
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DIR = PACKAGE_DIR / "demo"
 
@@ -211,6 +209,33 @@ class EvalConfig:
     """cpu, cuda or auto."""
     dtype: str = "float32"
     """float32 or bfloat16 for latency."""
+
+
+@dataclass
+class EstimateConfig:
+    """The ``estimate`` stage: what to size and on which machines."""
+
+    model: str | None = None
+    """Named shape (t5-base, t5-large, t5-3b, t5-xl, bart-large, ...), hub name, local dir or preset:<name>;
+    None: model.name_or_path (finetune) or prune.teacher (prune)."""
+    stage: str = "finetune"
+    """finetune or prune (prune adds the teacher, masks and Lagrangian; decoder cut from prune.*)."""
+    world_size: int = 8
+    """Ranks (GPUs, or CPU processes) in the whole job."""
+    ranks_per_node: int = 8
+    """Ranks sharing one host (host RAM and offload are per node)."""
+    device: str = "gpu"
+    """gpu (bf16 configs) or cpu (fp32 configs)."""
+    memory_gb: float = 80.0
+    """Memory per rank in GiB: the GPU's (device=gpu) or host RAM / ranks_per_node (device=cpu)."""
+    host_memory_gb: float | None = None
+    """Host RAM per node in GiB for offload and start-up checks; None: not checked."""
+    headroom: float = 0.9
+    """Fraction of memory_gb a plan may use (allocator fragmentation, spikes)."""
+    zero_init: bool = True
+    """ZeRO-3 builds models under deepspeed.zero.Init (no full copy per rank at start-up)."""
+    candidates: list[str] = field(default_factory=list)
+    """ds_configs to compare; empty: the shipped ones of the device's precision, cheapest first."""
 
 
 @dataclass

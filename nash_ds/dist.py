@@ -7,7 +7,6 @@ one. DeepSpeed picks NCCL on GPUs and gloo on its CPU accelerator.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import json
@@ -20,10 +19,14 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from nash_ds import compat
+from nash_ds.errors import Preempted, RankFailedError
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for MASTER_PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -35,53 +38,29 @@ def init_distributed() -> None:
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     import deepspeed
 
     if not torch.cuda.is_available():
-        _return_freed_memory_to_os()
+        compat.return_freed_memory_to_os()
     timeout = datetime.timedelta(seconds=float(os.environ.get("NASH_DIST_TIMEOUT_S", "1800")))
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     else:
-        _unlink_shm_allreduce_buffer()
+        barrier()  # every rank has mapped every buffer: the names can go
+        compat.unlink_shm_allreduce_buffer(rank())
 
 
-def _unlink_shm_allreduce_buffer() -> None:
-    """Remove this rank's /dev/shm name of DeepSpeed's CPU all-reduce buffer.
-
-    DeepSpeed 0.19.8's CPU accelerator (ranks on one host) creates a 66 MB shared-memory buffer per
-    rank at ``init_distributed`` and never unlinks it: every run left its buffers in /dev/shm (RAM)
-    until reboot (15 GB after a day of tests here). Every rank maps all buffers during init, so after
-    a barrier the names can go; the mappings stay valid until the processes exit, also when killed.
-    """
-    barrier()
-    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name)
-
-
-def _return_freed_memory_to_os() -> None:
-    """glibc raises its mmap threshold up to 32 MiB after large frees and then keeps freed
-    weight-sized buffers in the heap; pin it at 1 MiB so ZeRO's freed partitions leave the process
-    (-1.4 GiB per rank for T5-base under ZeRO-3, docs/BENCHMARKS.md "Memory and scale")."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def shutdown() -> None:
+def shutdown(*, wait_for_others: bool = True) -> None:
     """Tear the process group down before the interpreter exits: gloo / shared-memory threads left
-    running at exit can abort a rank ("terminate called without an active exception")."""
+    running at exit can abort a rank ("terminate called without an active exception"). After an
+    error that other ranks may not share, skip the final barrier (it could pair with another collective)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         try:
-            barrier()
+            if wait_for_others:
+                barrier()
         finally:
             torch_dist.destroy_process_group()
 
@@ -150,15 +129,30 @@ def gather_objects(obj: Any) -> list[Any] | None:
 
 def raise_if_any_rank(error: Exception | None) -> None:
     """Collective: if any rank failed, raise on every rank (rank 0's message first)."""
-    msgs = [str(error) if error is not None else None]
+    mine = None if error is None else (isinstance(error, Preempted), str(error))
+    msgs = [mine]
     if world_size() > 1:
         msgs = [None] * world_size()
-        torch_dist.all_gather_object(msgs, str(error) if error is not None else None)
+        torch_dist.all_gather_object(msgs, mine)
     failed = [m for m in msgs if m is not None]
     if error is not None:
         raise error
     if failed:
-        raise RuntimeError(f"another rank failed: {failed[0]}")
+        preempted, text = failed[0]
+        raise (Preempted(text) if preempted else RankFailedError(f"another rank failed: {text}"))
+
+
+def on_rank_zero(fn):
+    """Run ``fn()`` on rank 0 while the other ranks wait; its result on every rank. A failure on rank 0
+    is raised on every rank (``RankFailedError`` on the others), so none waits forever."""
+    error, result = None, None
+    if is_rank_zero():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = e
+    raise_if_any_rank(error)
+    return broadcast_object(result)
 
 
 # --------------------------------------------------------------------------- DeepSpeed config
@@ -238,34 +232,8 @@ def initialize(model: torch.nn.Module, *, optimizer, lr_scheduler, ds: dict):
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=ds, dist_init_required=False)
     if zero_stage(ds) == 3 and compute_dtype(ds) == torch.float32:
-        share_fp32_master(engine)
+        compat.share_fp32_master(engine)
     return engine
-
-
-def share_fp32_master(engine) -> int:
-    """fp32 ZeRO-3: let the optimizer update the parameter partitions in place; returns bytes freed.
-
-    DeepSpeed 0.19.8 means to skip the master copy when the partitions are already fp32 on the
-    optimizer's device, but compares ``tensor.device == "cpu"`` (a torch.device with a str: always
-    False), so it clones them: 4 extra bytes per parameter and rank. Right after initialize the
-    clones equal the partitions, so pointing the optimizer at the partitions changes no number
-    (tests/test_finetune.py compares ZeRO-3 on 2 ranks with ZeRO-0 on 1).
-    """
-    opt = getattr(engine, "optimizer", None)
-    low_groups = getattr(opt, "fp16_partitioned_groups_flat", None)
-    masters = getattr(opt, "fp32_partitioned_groups_flat", None)
-    if not low_groups or not masters or getattr(opt, "offload_optimizer", False):
-        return 0
-    freed = 0
-    for i, (low, master) in enumerate(zip(low_groups, masters)):
-        if master is low or low is None or low.dtype != master.dtype or low.device != master.device \
-                or low.numel() != master.numel():
-            continue
-        low.ds_id = master.ds_id
-        low.requires_grad = True
-        masters[i] = low
-        freed += master.numel() * master.element_size()
-    return freed
 
 
 def inference_engine(model: torch.nn.Module, *, ds: dict):

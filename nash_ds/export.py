@@ -75,6 +75,20 @@ def save_hf_dir(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
     return Path(out_dir)
 
 
+def export_model(template: nn.Module, state: dict[str, torch.Tensor], out_dir: str | os.PathLike, *, tokenizer,
+                 dtype: torch.dtype | str) -> Path:
+    """Rebuild ``template``'s class from its config on the meta device, load the consolidated weights of
+    a checkpoint into it (no copy) and save it atomically as an HF directory."""
+    from nash_ds.models import load_full_state
+
+    template = unwrap_model(template)
+    with torch.device("meta"):
+        model = type(template)(template.config)
+    load_full_state(model, state, what="consolidated checkpoint")
+    model.generation_config = template.generation_config
+    return save_hf_dir(model, tokenizer, out_dir, dtype=dtype)
+
+
 def unwrap_model(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside DeepSpeed / DDP (``.module``) and ``torch.compile`` wrappers."""
     while not isinstance(model, PreTrainedModel):

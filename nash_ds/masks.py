@@ -292,11 +292,11 @@ class MaskSet(nn.Module):
         return {k: float(v) for k, v in self.expected_sparsity(self.deterministic_masks()).items()}
 
     @torch.no_grad()
-    @torch.no_grad()
     def alive_probabilities(self) -> dict[str, torch.Tensor]:
         """1 - P(z = 0) per mask, detached (for logs and heatmaps)."""
         return {k: v.detach() for k, v in self._gate_values("alive").items()}
 
+    @torch.no_grad()
     def summary(self) -> dict[str, float]:
         """Scalars for logging: expected and deterministic sparsity, mean alive probability per mask."""
         alive = self._gate_values("alive")
@@ -420,3 +420,93 @@ def attach(model: nn.Module, family: Family, maskset: MaskSet) -> MaskHandle:
                 return family.masked_norm(mod, args[0], hidden=maskset.current["hidden"])
             handles.append(norm.register_forward_hook(norm_hook))
     return MaskHandle(model, handles)
+
+
+# ---------------------------------------------------------------------- the lifecycle
+STUDENT_PREFIX = "student."
+"""Where the prune stage's wrapper module keeps the student (its state-dict prefix)."""
+MASKS_PREFIX = "masks."
+"""Where it keeps the MaskSet."""
+
+
+class Masking:
+    """The mask lifecycle of one pruning run: one method per step, each called from one place.
+
+    1. ``attach(model)``: hooks that apply the masks to a stock model (the prune stage, once; the
+       finalizer, on the rebuilt student);
+    2. ``after_optimizer_step()``: log_alpha clamped to CoFi's [log 1e-2, log 1e2] on the optimizer's
+       fp32 masters and the model's copy (the trainer, after every optimizer step; collective);
+    3. ``split_state(state)``: a consolidated checkpoint of the prune module -> (student tensors, mask
+       tensors); what the student's export and the finalizer read (Lagrangian and projections dropped);
+    4. ``finalize(student, kept)``: the deterministic masks -> the pruning plan, the student left as the
+       masked model (hooks on, gates deterministic) that the physically pruned one must match.
+
+    Without a MaskSet (``sft``: the decoder cut alone) every step is a no-op and the plan keeps
+    every unit. torchtitan's ``ModelConverter`` (convert / post-optimizer hook / state-dict filter) has
+    the same shape.
+    """
+
+    def __init__(self, family: Family, config: Any, maskset: MaskSet | None):
+        self.family = family
+        self.config = config
+        self.maskset = maskset
+
+    @classmethod
+    def build(cls, family: Family, config: Any, *, method: str, droprate_init: float, teacher_config: Any,
+              mask_state: dict[str, torch.Tensor] | None = None) -> Masking:
+        """The lifecycle of ``method`` (nash / cofi learn masks, sft none) for a student of ``config``;
+        ``mask_state``: tensors of ``split_state`` to load (the finalizer)."""
+        maskset = None
+        if method in METHODS:
+            maskset = MaskSet(family, config, method=method, droprate_init=droprate_init,
+                              teacher_config=teacher_config)
+            if mask_state is not None:
+                maskset.load_state_dict(mask_state)
+        return cls(family, config, maskset)
+
+    # 1
+    def attach(self, model: nn.Module) -> MaskHandle | None:
+        """Install the hooks (None without masks)."""
+        return None if self.maskset is None else attach(model, self.family, self.maskset)
+
+    # 2
+    def after_optimizer_step(self) -> None:
+        """Clamp every log_alpha into CoFi's range, masters included (collective under ZeRO)."""
+        if self.maskset is not None:
+            from nash_ds.compat import clamp_trained_
+
+            clamp_trained_(list(self.maskset.parameters()), LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    # 3
+    @staticmethod
+    def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(student tensors, mask tensors) of a consolidated prune-module state, prefixes stripped; the
+        entries are moved out of ``state`` (no copies). Everything else stays in ``state``."""
+        def pop(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+
+        return pop(STUDENT_PREFIX), pop(MASKS_PREFIX)
+
+    @staticmethod
+    def wanted(name: str) -> bool:
+        """Whether a tensor of the prune module's checkpoint is needed by ``split_state``."""
+        return name.startswith((STUDENT_PREFIX, MASKS_PREFIX))
+
+    # 4
+    def finalize(self, student: nn.Module, kept_decoder_layers: Sequence[int]) -> PruningPlan:
+        """The plan of the deterministic masks; ``student`` becomes the masked model (eval mode, hooks on,
+        gates deterministic). Without masks: keep everything but the decoder cut."""
+        student.eval()
+        if self.maskset is None:
+            c, fam = self.config, self.family
+            plan = PruningPlan.full(num_encoder_layers=fam.num_layers(c, "encoder"),
+                                    num_decoder_layers=fam.num_layers(c, "decoder"),
+                                    num_heads=fam.num_heads(c, "encoder"), encoder_ffn=fam.d_ff(c, "encoder"),
+                                    decoder_ffn=fam.d_ff(c, "decoder"))
+            plan.kept_decoder_layers = list(kept_decoder_layers)
+            return plan
+        self.maskset.eval()
+        plan = self.maskset.plan(kept_decoder_layers)
+        self.attach(student)
+        self.maskset()  # deterministic gates for the hooks
+        return plan

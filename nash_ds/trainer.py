@@ -8,12 +8,10 @@ preemption, TensorBoard and the progress bar.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import signal
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,30 +19,19 @@ from typing import Any, Protocol
 import torch
 
 from nash_ds import checkpoint as ckpt
-from nash_ds import dist
+from nash_ds import dist, stop
 from nash_ds.config import RunConfig
+from nash_ds.errors import Preempted
 
-EXIT_PREEMPTED = 75
-"""Exit code after a preemption signal: checkpoint saved, please requeue (EX_TEMPFAIL)."""
-
-_PREEMPTED = {"flag": False}
-
-
-def _on_preemption_signal(signum, frame) -> None:
-    _PREEMPTED["flag"] = True
-
-
-def install_preemption_handlers() -> None:
-    """SIGUSR1 / SIGTERM ask for a checkpoint and exit 75 at the end of the current step.
-
-    Installed by the CLI before models load, so a signal during start-up is not fatal either.
-    """
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, _on_preemption_signal)
+log = logging.getLogger(__name__)
 
 
 class Task(Protocol):
+    """What one training stage trains; the trainer calls each method from one place."""
+
     module: torch.nn.Module
+    method: str
+    """Recorded in every checkpoint; a resume or a finalize of another method is refused."""
 
     def param_groups(self) -> list[dict]:
         """Optimizer groups; each has params, lr, weight_decay, name and schedule ("model" | "constant")."""
@@ -52,17 +39,41 @@ class Task(Protocol):
     def training_loss(self, engine, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss to back-propagate and scalars to log."""
 
+    def after_optimizer_step(self, engine) -> None:
+        """After every optimizer step, on every rank (the masks' clamp)."""
+
+    def step_logs(self, engine, step: int) -> dict[str, Any]:
+        """Extra scalars (and ``images``) to log at a logging step; collective."""
+
     def generation_model(self, engine):
-        """The HF model used for eval generation (masks deterministic)."""
+        """The HF model used for eval generation."""
 
     def eval_context(self, engine):
-        """Context for evaluation (e.g. deterministic masks)."""
+        """Context for evaluation (deterministic masks); collective."""
 
-    def after_step(self, engine, step: int) -> dict[str, Any]:
-        """Post-optimizer hook (clamping, extra logs incl. images)."""
+    def eval_extras(self, engine) -> dict[str, float]:
+        """Extra eval metrics (deterministic sparsity); collective."""
+
+    def eligible_for_best(self, metrics: dict) -> bool:
+        """Whether a checkpoint with these eval metrics may be chosen as best."""
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         """Rank 0: write the HF directory from a consolidated fp32 state dict of ``module``."""
+
+
+def model_param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups for model weights: no decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        ndim = len(dist.full_shape(p))  # ZeRO-3 partitions are 1-d placeholders
+        (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "model", "schedule": "model"}]
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "model_no_decay",
+                       "schedule": "model"})
+    return groups
 
 
 # --------------------------------------------------------------------------- batching
@@ -151,15 +162,13 @@ class Trainer:
         t = self.cfg.train
         groups = [g for g in self.task.param_groups() if g["params"]]
         optimizer = build_optimizer(groups, ds=self.ds_config, lr=t.lr, weight_decay=t.weight_decay)
-        if dist.is_rank_zero():
-            print(f"[nash-ds] optimizer: {type(optimizer).__name__}", flush=True)
+        log.info("optimizer: %s", type(optimizer).__name__)
         lambdas = [_lr_lambda(g["schedule"], warmup=t.warmup_steps, total=t.max_steps, decay=t.lr_decay)
                    for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
         self.engine = engine
         start, best = self._resume(engine)
-        install_preemption_handlers()  # no-op when the CLI already did
         progress = None
         if dist.is_rank_zero():
             from tqdm.auto import tqdm
@@ -187,7 +196,8 @@ class Trainer:
                 for k, v in logs.items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + v / t.grad_accum
             step += 1
-            extra = self.task.after_step(engine, step) or {}
+            self.task.after_optimizer_step(engine)
+            extra = self.task.step_logs(engine, step) if step % t.log_every == 0 or step == t.max_steps else {}
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs_acc.get('loss', float('nan')):.4f}")
@@ -208,16 +218,15 @@ class Trainer:
             if (t.save_every and step % t.save_every == 0) or step == t.max_steps or do_eval:
                 self.save(engine, step, best)
             if self._stop_at == step:
-                _PREEMPTED["flag"] = True  # simulated preemption (NASH_STOP_AT_STEP), same path as SIGUSR1
-            if dist.any_rank(_PREEMPTED["flag"]):
+                stop.request(f"NASH_STOP_AT_STEP={step}")  # simulated preemption, same path as SIGUSR1
+            if dist.any_rank(stop.requested()):
                 self.save(engine, step, best)  # no-op when this step was just saved
-                if dist.is_rank_zero():
-                    progress.write(f"preempted at step {step}: checkpoint saved, exiting with {EXIT_PREEMPTED}")
+                if progress is not None:
                     progress.close()
+                stop.ignore()  # a late repeat must not kill the exit
                 dist.barrier()
-                for sig in (signal.SIGUSR1, signal.SIGTERM):  # a late repeat must not kill the exit
-                    signal.signal(sig, signal.SIG_IGN)
-                sys.exit(EXIT_PREEMPTED)
+                raise Preempted(f"stopped at step {step}: checkpoint {self.ckpt_dir / ckpt.tag_for(step)} saved; "
+                                "rerun the same command to resume (Slurm requeues it)")
         if progress is not None:
             progress.close()
         dist.barrier()
@@ -264,14 +273,9 @@ class Trainer:
             raise ValueError(f"train.metric_for_best={key!r} is not among the eval metrics {sorted(metrics)}")
         value = metrics[key]
         better = best.get("value") is None or (value > best["value"] if t.greater_is_better else value < best["value"])
-        if better and self.task_is_eligible(metrics):
+        if better and self.task.eligible_for_best(metrics):
             return {"step": step, "tag": ckpt.tag_for(step), "value": value, "metric": key}
         return best
-
-    def task_is_eligible(self, metrics: dict) -> bool:
-        """Pruning runs only take checkpoints whose sparsity reached its target (see prune task)."""
-        eligible = getattr(self.task, "eligible_for_best", None)
-        return True if eligible is None else bool(eligible(metrics))
 
     def save(self, engine, step: int, best: dict) -> None:
         tag = ckpt.tag_for(step)
@@ -283,7 +287,7 @@ class Trainer:
         if dist.is_rank_zero():
             ckpt.mark_complete(self.ckpt_dir, tag, {"step": step, "best": best, "world_size": self.num_ranks,
                                                     "zero_stage": dist.zero_stage(self.ds_config),
-                                                    "method": getattr(self.task, "method", "finetune")})
+                                                    "method": self.task.method})
             ckpt.prune_old(self.ckpt_dir, keep=self.cfg.train.keep_checkpoints,
                            protect={best["tag"]} if best.get("tag") else set())
         dist.barrier()
@@ -295,12 +299,11 @@ class Trainer:
         if tag is None:
             return 0, {}
         info = ckpt.read_info(self.ckpt_dir, tag)
-        if info.get("method", "finetune") != getattr(self.task, "method", "finetune"):
+        if info.get("method", "finetune") != self.task.method:
             raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
-                             f"{getattr(self.task, 'method', 'finetune')!r}; use another output_dir")
+                             f"{self.task.method!r}; use another output_dir")
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-        if dist.is_rank_zero():
-            print(f"[nash-ds] resumed from {self.ckpt_dir / tag} (step {client['step']})", flush=True)
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})
 
     # -- evaluation ---------------------------------------------------------------------
@@ -318,7 +321,7 @@ class Trainer:
         model = self.task.generation_model(engine)
         preds: list[tuple[int, str, str]] = []
         loss_sum, loss_count = 0.0, 0
-        ctx = self.task.eval_context(engine) if hasattr(self.task, "eval_context") else nullcontext()
+        ctx = self.task.eval_context(engine)
         with ctx:
             for start in range(0, per_rank, gen.eval_batch_size):
                 chunk = mine[start:start + gen.eval_batch_size]
@@ -334,7 +337,7 @@ class Trainer:
                 texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
                 for i, text in zip(chunk, texts):
                     preds.append((i, text.strip(), self.eval_set[i]["target"]))
-        extras = self.task.eval_extras(engine) if hasattr(self.task, "eval_extras") else {}
+        extras = self.task.eval_extras(engine)
         engine.train()
         gathered = dist.gather_objects((preds, loss_sum, loss_count))
         result = None

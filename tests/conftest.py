@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # tiny models; the test machine's cores are shared
 
 VOCAB_SIZE = 96
 """Vocab of the tiny models (no tokenizer needed)."""
-PRESET_NAMES = ("tiny-t5", "tiny-t5-v1_1", "tiny-bart")
+PRESET_NAMES = ("tiny-t5", "tiny-t5-v1_1", "tiny-bart", "tiny-mt5", "tiny-mbart")
 
 
 def tiny_model(name: str, *, seed: int = 0) -> torch.nn.Module:
@@ -32,6 +32,14 @@ def tiny_batch(*, batch: int = 2, src_len: int = 7, tgt_len: int = 5, seed: int 
     mask[0, -2:] = 0
     dec = torch.randint(3, VOCAB_SIZE, (batch, tgt_len), generator=g)
     return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
+
+
+def prunable(model) -> dict[str, int]:
+    """{"encoder", "decoder", "model"} prunable params of ``model`` as ``models.count_params`` counts them."""
+    from nash_ds.models import count_params, family_for
+
+    c = count_params(model, family_for(model.config))
+    return {"encoder": c["prunable_encoder"], "decoder": c["prunable_decoder"], "model": c["prunable_model"]}
 
 
 @pytest.fixture(params=PRESET_NAMES)

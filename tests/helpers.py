@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from nash_ds.dist import free_port  # noqa: F401 - the one free-port helper, re-exported for the tests
+
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 # small and fast: tiny model, short sequences, a handful of steps
 FAST = ["data.max_train_samples=256", "data.max_eval_samples=16", "train.log_every=1",
         "generation.max_new_tokens=8", "generation.eval_batch_size=16"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(**extra) -> dict:

@@ -58,12 +58,32 @@ def test_finished_output_is_not_overwritten(tmp_path):
     assert (model / "config.json").read_text() == "{}"
 
 
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A real (tiny, random) teacher directory, so that only the setting under test is wrong."""
+    from nash_ds.demo import DEMO_TOKENIZER
+    from nash_ds.models import load_model
+    from nash_ds.stages.common import load_tokenizer, model_kwargs_from_tokenizer
+
+    out = tmp_path_factory.mktemp("teacher")
+    tok = load_tokenizer(str(DEMO_TOKENIZER))
+    load_model("preset:tiny-t5", **model_kwargs_from_tokenizer(tok)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize("overrides,fragment", [
-    (["prune.decoder_layers=9"], "k"),
-    (["prune.method=magnitude"], "prune.method"),
-    (["prune.target_sparsity=1.2"], "prune.target_sparsity"),
+    (["prune.decoder_layers=9"], "k (decoder layers to keep) must be an int in [1, L=4], got k=9"),
+    (["prune.decoder_layers=[0,7]"], "kept decoder layers must lie in [0, 4), got [0, 7]"),
+    (["prune.method=magnitude"], "prune.method must be nash, cofi or sft, got 'magnitude'"),
+    (["prune.target_sparsity=1.2"], "prune.target_sparsity must be in [0, 1), got 1.2"),
 ])
-def test_prune_rejects_bad_settings_before_training(tmp_path, overrides, fragment):
-    out = _fails(tmp_path, "prune.teacher=nash_ds/no_teacher_needed_for_this_check", *overrides,
-                 fragment=fragment, stage="prune")
-    assert not (out / "prune" / "checkpoints").exists()
+def test_prune_rejects_bad_settings_before_training(tmp_path, teacher_dir, overrides, fragment):
+    out = _fails(tmp_path, f"prune.teacher={teacher_dir}", *overrides, fragment=fragment, stage="prune")
+    assert not out.exists()
+
+
+def test_prune_names_a_missing_teacher_directory(tmp_path):
+    out = _fails(tmp_path, f"prune.teacher={tmp_path}/no_teacher", fragment=f"{tmp_path}/no_teacher' looks local but "
+                 "has no config.json", stage="prune")
+    assert not out.exists()

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nash_ds.config import load_config
-from nash_ds.estimate import (
-    EstimateConfig,
+from nash_ds.config import EstimateConfig, load_config
+from nash_ds.memory import (
     GiB,
     Plan,
     deepspeed_cold_table,
@@ -19,8 +18,8 @@ from nash_ds.estimate import (
     model_config,
     model_states,
     param_stats,
-    run,
 )
+from nash_ds.stages.estimate import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,9 +135,10 @@ def test_bad_values_name_the_key():
         estimate(_cfg(), EstimateConfig(model="t5-base", device="cpu", candidates=["zero3_bf16.json"]))
 
 
-def test_run_prints_a_table(capsys):
+def test_run_logs_a_table(caplog):
+    caplog.set_level("INFO", logger="nash_ds")
     result = run(load_config(None, []))  # the demo's preset:tiny-t5, default EstimateConfig
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "recommended:" in out and "student states" in out
     assert format_table(result) in out
 

@@ -60,14 +60,14 @@ def _save_dense_and_pruned(root):
     """A tiny dense T5 and a NASH-style pruned copy (2 of 4 decoder layers, uneven encoder) as HF dirs."""
     from nash_ds.demo import DEMO_TOKENIZER
     from nash_ds.export import save_hf_dir
-    from nash_ds.models import get_family, load_model
+    from nash_ds.models import family_for, load_model
     from nash_ds.models.pruning import prune_model
     from nash_ds.plan import PruningPlan
     from nash_ds.stages import common
 
     tok = common.load_tokenizer(str(DEMO_TOKENIZER))
     dense = load_model("preset:tiny-t5", seed=0, **common.model_kwargs_from_tokenizer(tok)).eval()
-    family = get_family(dense)
+    family = family_for(dense)
     student = family.make_student(dense, [0, 3])
     plan = PruningPlan.full(num_encoder_layers=4, num_decoder_layers=2, num_heads=4, encoder_ffn=128,
                             decoder_ffn=128)

@@ -7,10 +7,11 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from nash_ds.export import save_hf_dir
-from nash_ds.masks import MaskSet
-from nash_ds.models import get_family, load_full_state
-from nash_ds.stages.finalize import SelfCheckError, build_report, pruned_from_masks, self_check
-from tests.conftest import tiny_batch, tiny_model
+from nash_ds.errors import SelfCheckError
+from nash_ds.masks import Masking, MaskSet
+from nash_ds.models import count_params, family_for, load_full_state
+from nash_ds.stages.finalize import build_report, pruned_from_masks, self_check
+from tests.conftest import prunable, tiny_batch, tiny_model
 
 
 def _random_masks(family, student, teacher, method: str, seed: int) -> MaskSet:
@@ -24,10 +25,10 @@ def _random_masks(family, student, teacher, method: str, seed: int) -> MaskSet:
 
 def _finalized(preset: str, method: str, kept: list[int], seed: int = 0):
     teacher = tiny_model(preset, seed=seed)
-    family = get_family(teacher)
+    family = family_for(teacher)
     student = family.make_student(teacher, kept).eval()
     masks = _random_masks(family, student, teacher, method, seed)
-    pruned, plan = pruned_from_masks(student, family=family, masks=masks, kept=kept)
+    pruned, plan = pruned_from_masks(student, masking=Masking(family, student.config, masks), kept=kept)
     return teacher, family, student, masks, pruned, plan
 
 
@@ -62,16 +63,35 @@ def test_t5_selection_that_drops_layer_0_still_matches(tmp_path):
 def test_export_param_count_equals_report_and_mask_expectation(preset, method):
     kept = [0, 2] if method == "nash" else [0, 1, 2, 3]
     teacher, family, masked, masks, pruned, plan = _finalized(preset, method, kept, seed=2)
-    report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher.config, masks=masks,
+    report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
+                          masking=Masking(family, masked.config, masks),
                           meta={"method": method, "family": family.name, "teacher": "t"}, tag="step-1",
                           diff=0.0, atol=1e-4)
-    counted = family.count_prunable_params(pruned)
+    counted = prunable(pruned)
     assert report["params"]["pruned"]["total"] == sum(p.numel() for p in pruned.parameters())
     for part in ("encoder", "decoder", "model"):
         assert report["params"]["pruned"][f"prunable_{part}"] == counted[part]
         assert report["mask_expected_prunable_params"][part] == counted[part]
     assert report["kept_decoder_layers"] == kept
-    assert 0 < report["sparsity_vs_teacher"]["model"] < 1
+    teacher_total = sum(p.numel() for p in teacher.parameters())  # each tensor once, an untied head apart
+    sparsity = report["sparsity_vs_teacher"]
+    assert sparsity["total_params"] == pytest.approx(1 - report["params"]["pruned"]["total"] / teacher_total, abs=1e-12)
+    assert sparsity["model"] == pytest.approx(1 - counted["model"] / prunable(teacher)["model"], abs=1e-12)
+    if method == "nash":  # the decoder is only cut: 2 of 4 layers at full width
+        assert sparsity["decoder"] == pytest.approx(0.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-t5-v1_1", "tiny-bart"])
+def test_keep_all_plan_reports_zero_sparsity_with_tied_or_untied_heads(name):
+    teacher = tiny_model(name)
+    family = family_for(teacher)
+    student = family.make_student(teacher, [0, 1, 2, 3]).eval()
+    masking = Masking(family, student.config, None)  # sft: the plan keeps everything
+    pruned, plan = pruned_from_masks(student, masking=masking, kept=[0, 1, 2, 3])
+    report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
+                          masking=masking, meta={"method": "sft", "family": family.name, "teacher": "t"},
+                          tag="step-1", diff=0.0, atol=1e-4)
+    assert report["sparsity_vs_teacher"] == {"encoder": 0.0, "decoder": 0.0, "model": 0.0, "total_params": 0.0}
 
 
 def test_self_check_refuses_a_model_that_computes_something_else():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nash_ds.masks import MaskSet
-from nash_ds.models import get_family
+from nash_ds.models import family_for
 from nash_ds.models.pruning import prune_model
 from tests.conftest import tiny_batch, tiny_model
 from tests.helpers import DEEPSPEED, REPO, env, free_port, run_nash
@@ -27,14 +27,14 @@ def _random_masks(family, student, teacher, method: str, seed: int) -> MaskSet:
 
 @pytest.mark.parametrize("method", ["nash", "cofi", "sft"])
 def test_consuming_prune_equals_copying_prune_and_empties_the_source(preset, method):
-    from nash_ds.stages.finalize import masked_plan
+    from nash_ds.masks import Masking
 
     kept = [0, 1, 2, 3] if method == "cofi" else [0, 3]
     teacher = tiny_model(preset, seed=4)
-    family = get_family(teacher)
+    family = family_for(teacher)
     student = family.make_student(teacher, kept).eval()
     masks = None if method == "sft" else _random_masks(family, student, teacher, method, seed=5)
-    plan = masked_plan(student, family=family, masks=masks, kept=kept)
+    plan = Masking(family, student.config, masks).finalize(copy.deepcopy(student), kept)
     ref = prune_model(student, plan)
     victim = copy.deepcopy(student)
     out = prune_model(victim, plan, consume=True)
@@ -94,13 +94,15 @@ def test_streamed_consolidation_equals_deepspeeds_and_finalizes(tmp_path, zero, 
 
 
 def test_parked_self_check_passes_the_pruned_model_and_refuses_another(tmp_path):
-    from nash_ds.stages.finalize import SelfCheckError, park_logits, pruned_from_masks, self_check_parked
+    from nash_ds.errors import SelfCheckError
+    from nash_ds.masks import Masking
+    from nash_ds.stages.finalize import park_logits, pruned_from_masks, self_check_parked
 
     teacher = tiny_model("tiny-t5", seed=6)
-    family = get_family(teacher)
+    family = family_for(teacher)
     student = family.make_student(teacher, [0, 3]).eval()
     masks = _random_masks(family, student, teacher, "nash", seed=7)
-    pruned, _ = pruned_from_masks(student, family=family, masks=masks, kept=[0, 3])  # student is now masked
+    pruned, _ = pruned_from_masks(student, masking=Masking(family, student.config, masks), kept=[0, 3])  # masked
     batches = [tiny_batch(seed=s) for s in range(2)]
     parked = park_logits(student, batches, tmp_path)
     assert self_check_parked(parked, pruned, batches, atol=1e-4) <= 1e-4

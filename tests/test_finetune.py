@@ -67,7 +67,7 @@ def test_zero3_two_ranks_matches_zero0_one_rank_accumulated(tmp_path):
     a, b = tmp_path / "z3", tmp_path / "z0"
     r = run_nash("finetune", f"output_dir={a}", "train.ds_config=ds_configs/zero3_fp32.json", "train.grad_accum=1",
                  *common, ranks=2)
-    assert "loaded partitioned (ZeRO-3)" in r.stdout
+    assert "loaded partitioned (ZeRO-3)" in r.stderr
     run_nash("finetune", f"output_dir={b}", "train.ds_config=ds_configs/zero0_fp32.json", "train.grad_accum=2",
              *common, ranks=1)
     wa, wb = load_weights(a / "finetune" / "model"), load_weights(b / "finetune" / "model")

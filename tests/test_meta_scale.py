@@ -7,10 +7,11 @@ import psutil
 import pytest
 import torch
 
-from nash_ds.estimate import meta_model, model_config, param_stats
+from nash_ds.memory import meta_model, model_config, param_stats
 from nash_ds.masks import LIMIT_L, LIMIT_R, MaskSet
-from nash_ds.models import get_family, register_export_classes, select_decoder_layers
+from nash_ds.models import family_for, register_export_classes, select_decoder_layers
 from nash_ds.models.pruning import is_remote, num_params_from_plan, pruned_config
+from tests.conftest import prunable  # noqa: E402
 
 XL = {"d": 2048, "heads": 32, "d_kv": 64, "d_ff": 5120, "layers": 24, "vocab": 32128}
 
@@ -40,7 +41,7 @@ def _drop(maskset: MaskSet, pattern: dict[str, list[int]]) -> None:
 
 
 def test_t5_xl_counts_on_meta(t5_xl):
-    fam = get_family(t5_xl.config)
+    fam = family_for(t5_xl.config)
     assert _all_meta(t5_xl)
     assert param_stats(t5_xl)[0] == 2_849_757_184  # Flan-T5-XL: untied head
     dense = fam.dense_prunable_params(t5_xl.config)
@@ -48,12 +49,12 @@ def test_t5_xl_counts_on_meta(t5_xl):
     per_layer_dec = 8 * XL["d"] * XL["heads"] * XL["d_kv"] + 3 * XL["d"] * XL["d_ff"]
     assert dense == {"encoder": 24 * per_layer_enc, "decoder": 24 * per_layer_dec,
                      "model": 24 * (per_layer_enc + per_layer_dec)}
-    assert fam.count_prunable_params(t5_xl) == dense
+    assert prunable(t5_xl) == dense
 
 
 def test_t5_xl_nash_plan_and_pruned_sizes_on_meta(t5_xl, rss_start):
     register_export_classes()
-    fam = get_family(t5_xl.config)
+    fam = family_for(t5_xl.config)
     kept = select_decoder_layers(24, 4, "uniform")
     assert kept == [0, 7, 15, 23]
     student = fam.make_student(t5_xl, kept)
@@ -88,16 +89,16 @@ def test_t5_xl_nash_plan_and_pruned_sizes_on_meta(t5_xl, rss_start):
     assert is_remote(new_config)  # per-layer widths need the exported modeling code
     pruned = meta_model(new_config)
     assert _all_meta(pruned)
-    counted = fam.count_prunable_params(pruned)
+    counted = prunable(pruned)
     assert counted["encoder"] == want_enc and counted["decoder"] == dense["decoder"]
-    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan, tied_lm_head=False)
+    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan)
     assert param_stats(pruned)[0] < param_stats(student)[0] < param_stats(t5_xl)[0]
     # nothing of the 11 GiB was ever allocated
     assert psutil.Process().memory_info().rss - rss_start < 1.5 * 2**30
 
 
 def test_t5_xl_uniform_plan_maps_to_a_stock_config(t5_xl):
-    fam = get_family(t5_xl.config)
+    fam = family_for(t5_xl.config)
     student = fam.make_student(t5_xl, [0, 11, 23])
     masks = MaskSet(fam, student.config, method="nash")
     _drop(masks, {"encoder_heads": [8] * 24, "encoder_ffn": [1024] * 24})
@@ -110,15 +111,15 @@ def test_t5_xl_uniform_plan_maps_to_a_stock_config(t5_xl):
     assert not is_remote(new_config)
     assert (new_config.num_heads, new_config.d_ff, new_config.num_decoder_layers) == (24, 4096, 3)
     pruned = meta_model(new_config)
-    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan, tied_lm_head=False)
+    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan)
 
 
 def test_bart_large_nash_plan_counts_on_meta():
     register_export_classes()
     teacher = meta_model(model_config("bart-large"))
-    fam = get_family(teacher.config)
+    fam = family_for(teacher.config)
     assert param_stats(teacher)[0] == 406_291_456
-    assert fam.count_prunable_params(teacher) == fam.dense_prunable_params(teacher.config)
+    assert prunable(teacher) == fam.dense_prunable_params(teacher.config)
     kept = select_decoder_layers(12, 3, "uniform")
     student = fam.make_student(teacher, kept)
     assert _all_meta(student)
@@ -128,10 +129,10 @@ def test_bart_large_nash_plan_counts_on_meta():
     plan = masks.plan(kept)
     pruned = meta_model(pruned_config(student.config, plan))
     assert _all_meta(pruned)
-    counted = fam.count_prunable_params(pruned)
+    counted = prunable(pruned)
     assert counted["encoder"] == int(masks.expected_params(det)["encoder"])
     assert counted["decoder"] == fam.dense_prunable_params(student.config)["decoder"]
-    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan, tied_lm_head=True)
+    assert param_stats(pruned)[0] == num_params_from_plan(student.config, plan)
 
 
 def test_hard_concrete_constants_make_the_pattern_exact():

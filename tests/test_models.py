@@ -10,21 +10,23 @@ from conftest import VOCAB_SIZE, tiny_batch, tiny_model
 from transformers import (BartConfig, GPT2Config, MBartConfig, MBartForConditionalGeneration, MT5Config,
                           MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration)
 
-from nash_ds.models import (PRESETS, BartFamily, T5Family, get_family, load_model, select_decoder_layers,
-                            supported_model_types)
+from nash_ds.models import PRESETS, family_for, load_model, select_decoder_layers, supported_model_types
+from nash_ds.models.bart import BartFamily
+from nash_ds.models.t5 import T5Family
+from tests.conftest import prunable
 
 
 # ---------------------------------------------------------------------- registry
-def test_get_family_dispatches_on_model_type():
-    assert isinstance(get_family(T5Config()), T5Family)
-    assert isinstance(get_family(T5Config(feed_forward_proj="gated-gelu")), T5Family)
-    assert isinstance(get_family(BartConfig()), BartFamily)
-    assert isinstance(get_family(tiny_model("tiny-bart")), BartFamily)  # a model works too
+def test_family_for_dispatches_on_model_type():
+    assert isinstance(family_for(T5Config()), T5Family)
+    assert isinstance(family_for(T5Config(feed_forward_proj="gated-gelu")), T5Family)
+    assert isinstance(family_for(BartConfig()), BartFamily)
+    assert isinstance(family_for(tiny_model("tiny-bart")), BartFamily)  # a model works too
 
 
-def test_get_family_rejects_unknown_model_type():
+def test_family_for_rejects_unknown_model_type():
     with pytest.raises(ValueError, match="gpt2") as e:
-        get_family(GPT2Config())
+        family_for(GPT2Config())
     for t in ("t5", "bart"):
         assert t in str(e.value)
     assert {"t5", "bart"} <= set(supported_model_types())
@@ -33,7 +35,7 @@ def test_get_family_rejects_unknown_model_type():
 # ---------------------------------------------------------------------- accessors and sizes
 def test_accessors_find_the_projections(preset):
     model = tiny_model(preset)
-    fam, cfg = get_family(model), model.config
+    fam, cfg = family_for(model), model.config
     d = fam.d_model(cfg)
     for stack in ("encoder", "decoder"):
         blocks = fam.layers(model, stack)
@@ -46,14 +48,15 @@ def test_accessors_find_the_projections(preset):
                 assert [p.out_features for p in fam.attn_in_projs(attn)] == [h * dk] * 3
             assert fam.ffn_out_proj(block).in_features == ff
             assert all(p.out_features == ff and p.in_features == d for p in fam.ffn_in_projs(block))
-            assert len(fam.ffn_in_projs(block)) == (2 if preset == "tiny-t5-v1_1" else 1)
+            assert len(fam.ffn_in_projs(block)) == (2 if preset in ("tiny-t5-v1_1", "tiny-mt5") else 1)
     with pytest.raises(ValueError, match="cross"):
         fam.attention(fam.layers(model, "encoder")[0], "cross")
     with pytest.raises(ValueError, match="stack"):
         fam.layers(model, "middle")
     # hidden-dim accessors cover every d_model-sized norm and embedding
     assert all(n.weight.shape == (d,) for n in fam.norms(model))
-    assert len(fam.norms(model)) == 4 * 2 + 4 * 3 + 2  # per sublayer + two per-stack norms
+    per_stack = 4 if preset == "tiny-mbart" else 2  # mBART: layernorm_embedding and a final layer_norm per stack
+    assert len(fam.norms(model)) == 4 * 2 + 4 * 3 + per_stack  # per sublayer + the per-stack norms
     assert all(e.weight.shape[1] == d for e in fam.token_embeddings(model) + fam.position_embeddings(model))
     assert fam.lm_head(model).in_features == d
 
@@ -63,7 +66,7 @@ def test_accessors_find_the_projections(preset):
     ("tiny-bart", 4 * 64 * 16 + 3 * 16, 2 * 64 + 1)])
 def test_params_per_unit(preset_name, per_head, per_ffn):
     model = tiny_model(preset_name)
-    fam, cfg = get_family(model), model.config
+    fam, cfg = family_for(model), model.config
     for stack in ("encoder", "decoder"):
         assert fam.params_per_ffn_dim(cfg, stack) == per_ffn
         for kind in fam.attention_kinds(stack):
@@ -72,8 +75,8 @@ def test_params_per_unit(preset_name, per_head, per_ffn):
 
 def test_count_prunable_params_matches_formula(preset):
     model = tiny_model(preset)
-    fam, cfg = get_family(model), model.config
-    counted = fam.count_prunable_params(model)
+    fam, cfg = family_for(model), model.config
+    counted = prunable(model)
     assert counted == fam.dense_prunable_params(cfg)
     d, h, dk, ff = 64, 4, 16, 128
     if preset.startswith("tiny-t5"):  # method.md's formula
@@ -121,7 +124,7 @@ def _snapshot(model):
 def test_make_student_t5_dropping_layer0_carries_the_bias():
     teacher = tiny_model("tiny-t5")
     before = _snapshot(teacher)
-    fam = get_family(teacher)
+    fam = family_for(teacher)
     kept = [1, 3]
     student = fam.make_student(teacher, kept)
     # teacher untouched
@@ -161,7 +164,7 @@ def test_copy_student_equals_make_student(preset, kept):
     from nash_ds.stages.prune import copy_student
 
     teacher = tiny_model(preset)
-    fam = get_family(teacher)
+    fam = family_for(teacher)
     ref = fam.make_student(teacher, kept).eval()
     student = copy_student(teacher, fam, kept, ds={"zero_optimization": {"stage": 0}}).eval()
     assert type(student) is type(ref) and student.config.to_dict() == ref.config.to_dict()
@@ -178,7 +181,7 @@ def test_copy_student_equals_make_student(preset, kept):
 
 def test_make_student_roundtrips_and_generates(preset, tmp_path):
     teacher = tiny_model(preset)
-    fam = get_family(teacher)
+    fam = family_for(teacher)
     student = fam.make_student(teacher, [0, 3]).eval()
     assert fam.num_layers(student.config, "decoder") == 2 == len(fam.layers(student, "decoder"))
     # untied (Flan-T5 style) heads stay untied, tied ones tied
@@ -223,7 +226,7 @@ def test_load_model_errors(tmp_path):
 
 
 def test_presets_are_tiny():
-    assert set(PRESETS) == {"tiny-t5", "tiny-t5-v1_1", "tiny-bart"}
+    assert set(PRESETS) == {"tiny-t5", "tiny-t5-v1_1", "tiny-bart", "tiny-mt5", "tiny-mbart"}
     for name in PRESETS:
         assert sum(p.numel() for p in tiny_model(name).parameters()) < 1_000_000
 
@@ -232,7 +235,7 @@ def test_make_student_refuses_a_masked_teacher():
     from nash_ds.masks import MaskSet, attach
 
     teacher = tiny_model("tiny-t5")
-    fam = get_family(teacher)
+    fam = family_for(teacher)
     handle = attach(teacher, fam, MaskSet(fam, teacher.config))
     with pytest.raises(ValueError, match="masks attached"):
         fam.make_student(teacher, [0, 3])
@@ -254,8 +257,8 @@ def test_mt5_and_mbart_share_their_family(build):
 
     torch.manual_seed(0)
     model = build().eval()
-    fam = get_family(model)
-    assert fam.count_prunable_params(model) == fam.dense_prunable_params(model.config)
+    fam = family_for(model)
+    assert prunable(model) == fam.dense_prunable_params(model.config)
     batch = tiny_batch()
     with torch.no_grad():
         ref = model(**batch).logits
@@ -271,7 +274,7 @@ def test_mt5_and_mbart_share_their_family(build):
 def test_checkpoint_tensors_are_read_only_when_the_head_is_stored_apart(tmp_path, shard):
     """What the ZeRO-3 untying reads: both tensors of an untied (T5 v1.1) checkpoint, single file or
     sharded with an index; nothing from a tied one, which stores the embedding only."""
-    from nash_ds.models import _read_checkpoint_tensors
+    from nash_ds.compat import read_checkpoint_tensors
 
     keys = ["lm_head.weight", "shared.weight"]
     kw = {} if shard is None else {"max_shard_size": shard}
@@ -279,7 +282,7 @@ def test_checkpoint_tensors_are_read_only_when_the_head_is_stored_apart(tmp_path
     untied.save_pretrained(tmp_path / "untied", **kw)
     tied.save_pretrained(tmp_path / "tied", **kw)
     assert (shard is not None) == (tmp_path / "untied" / "model.safetensors.index.json").exists()
-    got = _read_checkpoint_tensors(str(tmp_path / "untied"), keys)
+    got = read_checkpoint_tensors(str(tmp_path / "untied"), keys)
     assert torch.equal(got["lm_head.weight"], untied.lm_head.weight)
     assert torch.equal(got["shared.weight"], untied.shared.weight)
-    assert _read_checkpoint_tensors(str(tmp_path / "tied"), keys) == {}
+    assert read_checkpoint_tensors(str(tmp_path / "tied"), keys) == {}

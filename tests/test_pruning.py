@@ -30,6 +30,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING  # noqa: 
 from nash_ds.export import atomic_dir, save_hf_dir  # noqa: E402
 from nash_ds.models.pruning import is_remote, num_params_from_plan, prune_model, validate_plan  # noqa: E402
 from nash_ds.plan import PruningPlan  # noqa: E402
+from tests.conftest import prunable  # noqa: E402
 
 # NASH-like: a shorter decoder (transformers 5.24 sizes the generation cache from the encoder
 # layer count, so a decoder deeper than the encoder cannot generate even in stock T5)
@@ -219,8 +220,7 @@ def check_pruned(model, plan, family):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = prune_model(model, plan)
     torch.testing.assert_close(logits(pruned, inputs), logits(masked_reference(model, plan, family), inputs))
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert num_params(pruned) == num_params_from_plan(model.config, plan, tied_lm_head=tied)
+    assert num_params(pruned) == num_params_from_plan(model.config, plan)
     assert num_params(pruned) < num_params(model) or plan == full_plan()
     for key, value in model.state_dict().items():  # the input model is untouched
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
@@ -468,11 +468,11 @@ def test_atomic_dir_cleans_up_on_error(tmp_path):
 def test_matches_cofi_masks(family):
     """0/1 CoFi masks (via nash_ds.masks hooks) that encode a plan give the pruned model's logits."""
     masks = pytest.importorskip("nash_ds.masks")
-    from nash_ds.models import get_family
+    from nash_ds.models import family_for
 
     model = make_model(family)
     plan = with_hidden(special_plan())
-    fam = get_family(model)
+    fam = family_for(model)
     maskset = masks.MaskSet(fam, model.config, method="cofi").eval()
     kept = {"encoder_heads": plan.encoder_heads, "decoder_self_heads": plan.decoder_self_heads,
             "decoder_cross_heads": plan.decoder_cross_heads, "encoder_ffn": plan.encoder_ffn,
@@ -513,9 +513,9 @@ def test_family_counts_pruned_model(family):
     """The family's count of prunable params on the pruned model equals its formula for the plan."""
     models = pytest.importorskip("nash_ds.models")
     model = make_model(family)
-    fam = models.get_family(model)
+    fam = models.family_for(model)
     plan = with_hidden(special_plan())
-    counted = fam.count_prunable_params(prune_model(model, plan))
+    counted = prunable(prune_model(model, plan))
     sites = {"encoder": [plan.encoder_heads], "decoder": [plan.decoder_self_heads, plan.decoder_cross_heads]}
     ffns = {"encoder": plan.encoder_ffn, "decoder": plan.decoder_ffn}
     d = len(plan.hidden)

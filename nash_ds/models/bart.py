@@ -1,4 +1,4 @@
-"""BART family (also mBART, whose layout is the same with pre-norm and a final norm per stack).
+"""BART family.
 
 Structure (transformers 5): ``model.model.{encoder,decoder}.layers[i]`` with ``self_attn``,
 (``encoder_attn``), ``fc1``, ``fc2`` and LayerNorms; every projection has a bias. BART is post-LN:
@@ -9,6 +9,7 @@ Encoder and decoder may have different head counts and FFN widths.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,15 +17,51 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Family, check_kind, check_stack, check_unmasked, validate_kept_layers
+from .base import Family, Selector, check_kind, check_stack, check_unmasked, config_kwargs, head_rows, heads_of
 from .base import distinct_modules as _distinct
+from .base import index_of, validate_kept_layers
+
+_PUBLIC = dict(model_type="bart", vocab_size=50265, max_position_embeddings=1024, pad_token_id=1, bos_token_id=0,
+               eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+
+
+def _shape(d_model: int, heads: int, d_ff: int, layers: int) -> dict[str, Any]:
+    return dict(_PUBLIC, d_model=d_model, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, encoder_layers=layers, decoder_layers=layers)
+
+
+_LAYER = r"^model\.(encoder|decoder)\.layers\.(\d+)\."
+_ATTN_KEY = re.compile(_LAYER + r"(self_attn|encoder_attn)\.(\w+)_proj\.(weight|bias)$")
+_FFN_KEY = re.compile(_LAYER + r"(fc1|fc2)\.(weight|bias)$")
+_EMBED_KEY = re.compile(r"^(model\.shared|model\.(en|de)coder\.(embed_tokens|embed_positions)|lm_head)\.weight$")
+_NORM_KEY = re.compile(r"^model\.(encoder|decoder)\.(layers\.\d+\.\w+_layer_norm|layernorm_embedding|layer_norm)\."
+                       r"(weight|bias)$")
 
 
 class BartFamily(Family):
-    """BART / mBART."""
+    """BART (post-LN, learned positions, biases everywhere)."""
 
     name = "bart"
-    model_types = ("bart", "mbart", "nash_bart")  # nash_bart: our pruned exports (per-layer widths)
+    model_types = ("bart",)
+    export_model_type = "nash_bart"
+    presets = {"tiny-bart": dict(model_type="bart", d_model=64, encoder_layers=4, decoder_layers=4,
+                                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                                 decoder_ffn_dim=128, max_position_embeddings=512)}
+    shapes = {"bart-base": _shape(768, 12, 3072, 6), "bart-large": _shape(1024, 16, 4096, 12)}
+    shape_aliases = {"facebook/bart-large": "bart-large", "facebook/bart-base": "bart-base",
+                     "facebook/bart-large-cnn": "bart-large", "facebook/bart-large-xsum": "bart-large"}
+
+    # ------------------------------------------------------------------ building
+    def preset_config(self, name: str, *, special: dict[str, int | None]) -> Any:
+        """BART conventions: bos 0, pad 1, eos 2; the decoder starts from eos, which generation forces last."""
+        from transformers import AutoConfig
+
+        kwargs = dict(self.presets[name])
+        ids = dict(vocab_size=256, pad_token_id=1, eos_token_id=2, bos_token_id=0, decoder_start_token_id=None)
+        ids.update({k: v for k, v in special.items() if v is not None})
+        if ids["decoder_start_token_id"] is None:
+            ids["decoder_start_token_id"] = ids["eos_token_id"]
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs, **ids, forced_eos_token_id=ids["eos_token_id"])
 
     # ------------------------------------------------------------------ structure
     @staticmethod
@@ -165,3 +202,81 @@ class BartFamily(Family):
         """Decoder layer i <- teacher layer kept[i]."""
         m = re.fullmatch(r"(.*decoder\.layers\.)(\d+)(\..+)", name)
         return name if m is None else f"{m.group(1)}{kept_decoder_layers[int(m.group(2))]}{m.group(3)}"
+
+    # ------------------------------------------------------------------ physical pruning
+    @property
+    def remote_config_class(self) -> type:
+        from .remote import NashBartConfig
+
+        return NashBartConfig
+
+    @property
+    def remote_model_class(self) -> type:
+        from .remote import NashBartForConditionalGeneration
+
+        return NashBartForConditionalGeneration
+
+    def check_prunable(self, config: Any) -> None:
+        """Also: one head count for both stacks (the pruned head size is d_model // heads)."""
+        super().check_prunable(config)
+        if config.encoder_attention_heads != config.decoder_attention_heads:
+            raise ValueError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
+                             f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
+
+    def pruned_config(self, config: Any, plan) -> Any:
+        """Stock BartConfig only without hidden pruning, with every head kept (stock BART derives
+        head_dim = d_model // heads) and one FFN width per stack; else a NashBartConfig."""
+        heads = config.encoder_attention_heads
+        full = list(range(heads))
+        enc_w, dec_w = {len(f) for f in plan.encoder_ffn}, {len(f) for f in plan.decoder_ffn}
+        all_heads = all(h == full for h in plan.encoder_heads + plan.decoder_self_heads + plan.decoder_cross_heads)
+        if plan.hidden is None and all_heads and len(enc_w) == len(dec_w) == 1 and 0 not in enc_w | dec_w:
+            new = copy.deepcopy(config)
+            new.encoder_ffn_dim, new.decoder_ffn_dim = enc_w.pop(), dec_w.pop()
+            return new
+        fields = {
+            "d_model": len(plan.hidden) if plan.hidden is not None else config.d_model,
+            "nash_head_dim": config.d_model // heads,
+            "nash_embed_scale": math.sqrt(config.d_model) if config.scale_embedding else 1.0,
+            "nash_encoder_num_heads": [len(h) for h in plan.encoder_heads],
+            "nash_decoder_self_num_heads": [len(h) for h in plan.decoder_self_heads],
+            "nash_decoder_cross_num_heads": [len(h) for h in plan.decoder_cross_heads],
+            "nash_encoder_ffn": [len(f) for f in plan.encoder_ffn],
+            "nash_decoder_ffn": [len(f) for f in plan.decoder_ffn],
+        }
+        return self.remote_config_class(**{**config_kwargs(config), **fields})
+
+    def pruned_key_selector(self, config: Any, plan, *, stock: bool) -> Selector:
+        """Heads: their rows of q/k/v (and biases) and columns of out_proj; FFN dims: rows of fc1 (and its
+        bias), columns of fc2; hidden dims: columns of embeddings and inputs, rows of outputs and norms.
+        A removed sublayer loses its output bias too. ``final_logits_bias`` is kept whole."""
+        hidden = index_of(plan.hidden)
+        head_dim = config.d_model // config.encoder_attention_heads
+
+        def select(key: str):
+            if key == "final_logits_bias":
+                return None, None
+            if _EMBED_KEY.match(key):
+                return None, hidden
+            if _NORM_KEY.match(key):
+                return hidden, None
+            if m := _ATTN_KEY.match(key):
+                stack, i, kind, name, what = m.groups()
+                heads = heads_of(plan, stack, "cross" if kind == "encoder_attn" else "self")[int(i)]
+                if not heads:
+                    return None  # a removed attention holds no weights, output bias included
+                rows = head_rows(heads, head_dim)
+                if name != "out":
+                    return (rows, hidden) if what == "weight" else (rows, None)
+                return (hidden, rows) if what == "weight" else (hidden, None)
+            if m := _FFN_KEY.match(key):
+                stack, i, name, what = m.groups()
+                dims = (plan.encoder_ffn if stack == "encoder" else plan.decoder_ffn)[int(i)]
+                if not dims:
+                    return None  # a removed FFN holds no weights, output bias included
+                if name == "fc1":
+                    return (index_of(dims), hidden) if what == "weight" else (index_of(dims), None)
+                return (hidden, index_of(dims)) if what == "weight" else (hidden, None)
+            raise ValueError(f"cannot prune BART state-dict key {key!r}")
+
+        return select

@@ -1,17 +1,25 @@
-"""The Family interface: everything generic code may ask about an encoder-decoder architecture.
+"""The family spec: everything generic code may ask about an encoder-decoder architecture.
 
-Generic code (masks, Lagrangian, distillation, trainer, finalizer) never tests a model's name;
-it calls these accessors. A family subclass knows where heads, FFN dims and layers sit, how to
-count their parameters and how to shorten the decoder of a stock transformers model.
+A family (``models/t5.py``, ``models/bart.py``) is one object that knows, for its model types:
+where heads, FFN dims and layers sit; their sizes; the tiny presets and the named public shapes;
+how to build a model from a config as the checkpoint would hold it (tied or untied LM head); the
+student (decoder cut) and the teacher tensor each student tensor comes from; the config, key
+selectors and slicing rules of physical pruning and the export's remote class. Generic code
+(masks, Lagrangian, distillation, trainer, finalizer, estimator) never tests a model's name: it
+calls these methods (``models.family_for(config)`` finds the family).
 
-Parameter counting convention ("prunable" parameters): the q/k/v/out projections of every
-attention sublayer and the input/output projections of every FFN, weights and biases. Embeddings,
-LM head, norms and T5's relative position bias are not prunable (they are fixed costs).
+Parameter counting has one counter, ``count_params``, which counts the tensors a model really
+holds (each tied tensor once, an untied head apart, biases included), on real, meta or ZeRO-3
+partitioned models. "Prunable" parameters are the q/k/v/out projections of every attention
+sublayer and the input/output projections of every FFN, weights and biases; embeddings, LM head,
+norms and T5's relative position bias are fixed costs. ``Family.attn_params`` / ``ffn_params`` give
+the same prunable counts as a formula of kept units (differentiable, for the masks' expected
+size); tests/test_masks.py checks formula == counter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -76,6 +84,15 @@ def select_decoder_layers(num_layers: int, k: int, rule: str | Sequence[int]) ->
     return kept
 
 
+def kept_decoder_layers(prune_cfg: Any, num_decoder_layers: int) -> list[int]:
+    """Teacher decoder layers the student keeps, from a PruneConfig (cofi keeps them all)."""
+    if prune_cfg.method == "cofi":
+        return list(range(num_decoder_layers))
+    if isinstance(prune_cfg.decoder_layers, list):
+        return select_decoder_layers(num_decoder_layers, len(prune_cfg.decoder_layers), prune_cfg.decoder_layers)
+    return select_decoder_layers(num_decoder_layers, prune_cfg.decoder_layers, prune_cfg.decoder_selection)
+
+
 def distinct_modules(modules: Sequence[nn.Module | None]) -> list[nn.Module]:
     """Drop Nones and repeated modules (by identity), keeping order."""
     seen: set[int] = set()
@@ -108,13 +125,51 @@ def linear_numel(linear: nn.Module | None) -> int:
     return numel(linear.weight) + numel(getattr(linear, "bias", None))
 
 
+Index = torch.Tensor | None
+"""Kept indices along one dim of a tensor; None keeps the whole dim."""
+Selector = Callable[[str], "tuple[Index, Index] | None"]
+"""A state-dict key -> (kept rows, kept cols), or None to drop the tensor (a removed sublayer)."""
+
+
 class Family:
-    """Architecture knowledge of one model family. Subclasses override the structural accessors."""
+    """Architecture knowledge of one model family. Subclasses fill in the attributes and methods."""
 
     name: str = "base"
-    """Short family name, used in messages."""
+    """Short family name, used in messages and reports."""
     model_types: tuple[str, ...] = ()
-    """``config.model_type`` values this family handles."""
+    """``config.model_type`` values this family prunes (and finetunes, finalizes, evaluates)."""
+    export_model_type: str = ""
+    """``model_type`` of this family's pruned exports with per-layer widths (its remote classes)."""
+    presets: Mapping[str, dict[str, Any]] = {}
+    """Tiny random-init models (``preset:<name>``): config kwargs, ``model_type`` included."""
+    shapes: Mapping[str, dict[str, Any]] = {}
+    """Public model shapes by name (``estimate``, ``bench/``): config kwargs, ``model_type`` included."""
+    shape_aliases: Mapping[str, str] = {}
+    """Hub names -> a name in ``shapes``."""
+
+    # ------------------------------------------------------------------ building
+    def preset_config(self, name: str, *, special: Mapping[str, int | None]) -> Any:
+        """The config of preset ``name``; ``special`` (vocab_size and special token ids, None = default)."""
+        raise NotImplementedError
+
+    def head_is_untied(self, config: Any) -> bool:
+        """Whether a checkpoint of ``config`` holds its own LM head (not the input embedding)."""
+        return getattr(config, "tie_word_embeddings", True) is False
+
+    def from_config(self, config: Any) -> nn.Module:
+        """A model of ``config`` (stock, or this family's pruned export) as its checkpoint holds it (LM head
+        tied or not); on the meta device when the caller builds under ``torch.device("meta")``."""
+        from transformers import AutoModelForSeq2SeqLM
+
+        from nash_ds.compat import lm_head_is_tied, untie_lm_head
+
+        if config.model_type == self.export_model_type:
+            model = self.remote_model_class(config)
+        else:
+            model = AutoModelForSeq2SeqLM.from_config(config)
+        if self.head_is_untied(config) and lm_head_is_tied(model):
+            untie_lm_head(model)
+        return model
 
     # ------------------------------------------------------------------ structure
     def layers(self, model: nn.Module, stack: str) -> list[nn.Module]:
@@ -210,7 +265,7 @@ class Family:
         """FFN input projections: 1 (plain) or 2 (gated, e.g. T5 v1.1 wi_0 and wi_1)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ counting
+    # ------------------------------------------------------------------ prunable counts (formula)
     def attn_params(self, config: Any, stack: str, *, num_heads: Any, nonempty: Any, hidden: Any) -> Any:
         """Prunable params of one attention sublayer with ``num_heads`` heads kept, ``hidden`` hidden
         dims kept, and ``nonempty`` = 1 if any head is kept (the out-projection bias). Works with ints
@@ -262,31 +317,7 @@ class Family:
         out["model"] = out["encoder"] + out["decoder"]
         return out
 
-    def count_prunable_params(self, model: nn.Module) -> dict[str, int]:
-        """Prunable params counted from the actual weight shapes: {"encoder", "decoder", "model"}.
-
-        Works on physically pruned models (and on meta / ZeRO-3 partitioned ones); a sublayer removed
-        by physical pruning may be represented by a ``None`` attention or FFN.
-        """
-        out = {}
-        for stack in STACKS:
-            total = 0
-            for block in self.layers(model, stack):
-                for kind in self.attention_kinds(stack):
-                    attn = self.attention(block, kind)
-                    if attn is None:
-                        continue
-                    total += sum(linear_numel(p) for p in self.attn_in_projs(attn))
-                    total += linear_numel(self.attn_out_proj(attn))
-                if self.ffn(block) is None:
-                    continue
-                total += sum(linear_numel(p) for p in self.ffn_in_projs(block))
-                total += linear_numel(self.ffn_out_proj(block))
-            out[stack] = total
-        out["model"] = out["encoder"] + out["decoder"]
-        return out
-
-    # ------------------------------------------------------------------ student
+    # ------------------------------------------------------------------ student (decoder cut)
     def make_student(self, teacher: nn.Module, kept_decoder_layers: Sequence[int]) -> nn.Module:
         """A stock model of the teacher's class whose decoder keeps only ``kept_decoder_layers``.
 
@@ -300,8 +331,119 @@ class Family:
         raise NotImplementedError
 
     def student_source_name(self, name: str, kept_decoder_layers: Sequence[int]) -> str:
-        """The teacher parameter that ``make_student`` copies into the student's parameter ``name``."""
+        """The teacher tensor that ``make_student`` copies into the student's tensor ``name`` (the
+        stock -> student state-dict name mapping; pruned exports keep the student's names)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ physical pruning
+    def check_prunable(self, config: Any) -> None:
+        """Raise ValueError if ``config`` describes a model this family cannot prune physically
+        (called before any training, so a run that could not finalize never starts)."""
+        if config.model_type not in self.model_types:
+            raise ValueError(f"cannot prune model_type {config.model_type!r}; the {self.name} family prunes "
+                             f"{list(self.model_types)} (an already pruned {self.export_model_type} export "
+                             "cannot be pruned again)")
+
+    def pruned_config(self, config: Any, plan: Any) -> Any:
+        """Config of the pruned model: the stock class's with new sizes when they fit, else the family's
+        remote config (per-layer widths). ``plan`` was validated against ``config``."""
+        raise NotImplementedError
+
+    def pruned_key_selector(self, config: Any, plan: Any, *, stock: bool) -> Selector:
+        """What physical pruning keeps of each state-dict tensor (``stock``: the pruned config is the
+        stock class's). Every key of the model must be answered; an unknown key is a ValueError."""
+        raise NotImplementedError
+
+    def fold_pruned_state(self, config: Any, plan: Any, state: dict[str, torch.Tensor]) -> None:
+        """Adjust the pruned state in place where removing dims changes a computation (default: none)."""
+
+    @property
+    def remote_config_class(self) -> type:
+        """Config class of the exports with per-layer widths (``models/remote``)."""
+        raise NotImplementedError
+
+    @property
+    def remote_model_class(self) -> type:
+        """Model class of the exports with per-layer widths (``models/remote``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_types={self.model_types})"
+
+
+# ---------------------------------------------------------------------------------- slicing helpers
+
+
+def index_of(kept: Sequence[int] | None) -> Index:
+    """A LongTensor of kept indices (None keeps the whole dim)."""
+    return None if kept is None else torch.tensor(list(kept), dtype=torch.long)
+
+
+def head_rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
+    """Row indices of the kept heads in a [num_heads * head_dim, ...] projection."""
+    return torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)], dtype=torch.long)
+
+
+def heads_of(plan: Any, stack: str, kind: str) -> list[list[int]]:
+    """The plan's kept heads per layer of one attention site."""
+    if stack == "encoder":
+        return plan.encoder_heads
+    return plan.decoder_cross_heads if kind == "cross" else plan.decoder_self_heads
+
+
+def config_kwargs(config: Any) -> dict:
+    """Keyword arguments that rebuild ``config`` as another (sub)class (the remote configs)."""
+    d = config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+        d.pop(key, None)
+    if config._attn_implementation is not None:
+        d["attn_implementation"] = config._attn_implementation
+    return d
+
+
+# ---------------------------------------------------------------------------------- the one counter
+
+
+def count_params(model: nn.Module, family: Family) -> dict[str, int]:
+    """Parameters ``model`` really holds, each tensor once (tied ones once, an untied head apart).
+
+    ``total``; ``embeddings`` (token and position embeddings and the LM head); ``encoder`` /
+    ``decoder`` (their blocks and norms, embeddings excluded); ``prunable_encoder`` /
+    ``prunable_decoder`` / ``prunable_model`` (attention and FFN projections, biases included);
+    ``encoder_layers`` / ``decoder_layers``. Works on meta and ZeRO-3 partitioned models (``ds_numel``)
+    and on physically pruned ones (a removed sublayer holds no tensor).
+    """
+    every = {id(p): p for p in model.parameters()}
+
+    def count(ids) -> int:
+        return int(sum(numel(every[i]) for i in ids if i in every))
+
+    embed = [model.get_input_embeddings(), model.get_output_embeddings(), *family.token_embeddings(model),
+             *family.position_embeddings(model)]
+    embed_ids = {id(p) for m in embed if m is not None for p in m.parameters()}
+    enc = {id(p) for p in model.get_encoder().parameters()}
+    dec = {id(p) for p in model.get_decoder().parameters()}
+    prunable = {}
+    for stack in STACKS:
+        total = 0
+        for block in family.layers(model, stack):
+            for kind in family.attention_kinds(stack):
+                attn = family.attention(block, kind)
+                total += sum(linear_numel(p) for p in [*family.attn_in_projs(attn), family.attn_out_proj(attn)])
+            total += sum(linear_numel(p) for p in [*family.ffn_in_projs(block), family.ffn_out_proj(block)])
+        prunable[stack] = total
+    return {"total": count(every), "embeddings": count(embed_ids), "encoder": count(enc - embed_ids),
+            "decoder": count(dec - embed_ids), "prunable_encoder": prunable["encoder"],
+            "prunable_decoder": prunable["decoder"], "prunable_model": prunable["encoder"] + prunable["decoder"],
+            "encoder_layers": len(family.layers(model, "encoder")),
+            "decoder_layers": len(family.layers(model, "decoder"))}
+
+
+def sparsity(params: dict[str, int], reference: dict[str, int]) -> dict[str, float]:
+    """1 - ours / reference for counts of ``count_params``: whole model, prunable model (the decoder cut
+    included), encoder, decoder."""
+    def frac(key: str) -> float | None:
+        return 1.0 - params[key] / reference[key] if reference[key] else None
+
+    return {"total_params": frac("total"), "prunable_model": frac("prunable_model"),
+            "encoder": frac("prunable_encoder"), "decoder": frac("prunable_decoder")}

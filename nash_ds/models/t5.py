@@ -14,6 +14,7 @@ factor some other way); stock T5 would use the new d_model.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -21,15 +22,75 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Family, check_kind, check_stack, check_unmasked, validate_kept_layers
+from .base import Family, Selector, check_kind, check_stack, check_unmasked, config_kwargs, head_rows, heads_of
 from .base import distinct_modules as _distinct
+from .base import index_of, validate_kept_layers
+
+
+_TINY = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=4, num_decoder_layers=4,
+             relative_attention_num_buckets=8, relative_attention_max_distance=32)
+_PUBLIC = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
+               decoder_start_token_id=0)
+_PUBLIC_V11 = dict(_PUBLIC, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def _shape(d_model: int, d_kv: int, heads: int, d_ff: int, layers: int, base: dict = _PUBLIC) -> dict[str, Any]:
+    return dict(base, d_model=d_model, d_kv=d_kv, num_heads=heads, d_ff=d_ff, num_layers=layers,
+                num_decoder_layers=layers)
+
+
+_ATTN_KEY = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(SelfAttention|EncDecAttention)\.(\w+)"
+                       r"\.weight$")
+_FFN_KEY = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight$")
+_EMBED_KEY = re.compile(r"^(shared|encoder\.embed_tokens|decoder\.embed_tokens|lm_head)\.weight$")
+_NORM_KEY = re.compile(r"^(encoder|decoder)\.(block\.\d+\.layer\.\d+\.layer_norm|final_layer_norm)\.weight$")
 
 
 class T5Family(Family):
-    """T5 / T5 v1.1 / Flan-T5 / mT5 (same module layout)."""
+    """T5 and T5 v1.1 / Flan-T5 (same module layout; the FFN kind comes from ``feed_forward_proj``)."""
 
     name = "t5"
-    model_types = ("t5", "mt5", "nash_t5")  # nash_t5: our pruned exports (per-layer widths)
+    model_types = ("t5",)
+    export_model_type = "nash_t5"
+    presets = {
+        "tiny-t5": dict(model_type="t5", feed_forward_proj="relu", **_TINY),
+        "tiny-t5-v1_1": dict(model_type="t5", feed_forward_proj="gated-gelu", tie_word_embeddings=False, **_TINY),
+    }
+    shapes = {
+        "t5-small": _shape(512, 64, 8, 2048, 6),
+        "t5-base": _shape(768, 64, 12, 3072, 12),
+        "t5-large": _shape(1024, 64, 16, 4096, 24),
+        "t5-3b": _shape(1024, 128, 32, 16384, 24),
+        "t5-11b": _shape(1024, 128, 128, 65536, 24),
+        "t5-v1_1-base": _shape(768, 64, 12, 2048, 12, _PUBLIC_V11),
+        "t5-v1_1-large": _shape(1024, 64, 16, 2816, 24, _PUBLIC_V11),
+        "t5-xl": _shape(2048, 64, 32, 5120, 24, _PUBLIC_V11),
+        "t5-xxl": _shape(4096, 64, 64, 10240, 24, _PUBLIC_V11),
+    }
+    """t5-xl / t5-xxl are T5 v1.1 / Flan-T5 XL / XXL (gated FFN, untied head)."""
+    shape_aliases = {
+        "google/flan-t5-base": "t5-v1_1-base", "google/flan-t5-large": "t5-v1_1-large",
+        "google/flan-t5-xl": "t5-xl", "google/flan-t5-xxl": "t5-xxl", "google/t5-v1_1-base": "t5-v1_1-base",
+        "google/t5-v1_1-large": "t5-v1_1-large", "google/t5-v1_1-xl": "t5-xl", "google/t5-v1_1-xxl": "t5-xxl",
+        "flan-t5-xl": "t5-xl", "t5-v1_1-xl": "t5-xl", "google-t5/t5-small": "t5-small", "google-t5/t5-base": "t5-base",
+        "google-t5/t5-large": "t5-large", "google-t5/t5-3b": "t5-3b", "google-t5/t5-11b": "t5-11b"}
+
+    # ------------------------------------------------------------------ building
+    def preset_config(self, name: str, *, special: dict[str, int | None]) -> Any:
+        """T5 conventions: pad 0, eos 1, no bos; the decoder starts from pad."""
+        from transformers import AutoConfig
+
+        kwargs = dict(self.presets[name])
+        ids = dict(vocab_size=256, pad_token_id=0, eos_token_id=1, bos_token_id=None, decoder_start_token_id=None)
+        ids.update({k: v for k, v in special.items() if v is not None})
+        if ids["decoder_start_token_id"] is None:
+            ids["decoder_start_token_id"] = ids["pad_token_id"]
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs, **ids)
+
+    def head_is_untied(self, config: Any) -> bool:
+        """T5 v1.1 / Flan-T5 hold their own head; transformers 5 records that as ``scale_decoder_outputs=False``
+        (their checkpoints say ``tie_word_embeddings: false``, which T5Config turns into that flag)."""
+        return getattr(config, "scale_decoder_outputs", True) is False
 
     # ------------------------------------------------------------------ structure
     def _stack(self, model: nn.Module, stack: str) -> nn.Module:
@@ -177,3 +238,89 @@ class T5Family(Family):
         rest = m.group(2)
         source = 0 if "relative_attention_bias" in rest else kept_decoder_layers[int(m.group(1))]
         return f"decoder.block.{source}.{rest}"
+
+    # ------------------------------------------------------------------ physical pruning
+    @property
+    def remote_config_class(self) -> type:
+        from .remote import NashT5Config
+
+        return NashT5Config
+
+    @property
+    def remote_model_class(self) -> type:
+        from .remote import NashT5ForConditionalGeneration
+
+        return NashT5ForConditionalGeneration
+
+    @staticmethod
+    def _stock_widths(plan) -> tuple[int, int] | None:
+        """(num_heads, d_ff) when a stock T5Config fits the plan, else None.
+
+        Every attention must keep the same number of heads, every FFN the same width, and within a
+        stack all self-attentions the same head set (they share one relative position bias).
+        """
+        head_sets = plan.encoder_heads + plan.decoder_self_heads + plan.decoder_cross_heads
+        counts = {len(h) for h in head_sets}
+        widths = {len(f) for f in plan.encoder_ffn + plan.decoder_ffn}
+        same_sets = all(h == plan.encoder_heads[0] for h in plan.encoder_heads) and all(
+            h == plan.decoder_self_heads[0] for h in plan.decoder_self_heads)
+        if len(counts) != 1 or len(widths) != 1 or 0 in counts or 0 in widths or not same_sets:
+            return None
+        return counts.pop(), widths.pop()
+
+    def pruned_config(self, config: Any, plan) -> Any:
+        """Stock T5Config with new num_heads / d_ff / d_model when they fit, else a NashT5Config
+        (``num_heads`` stays the original count there: the position bias covers all heads)."""
+        d_model = len(plan.hidden) if plan.hidden is not None else config.d_model
+        stock = self._stock_widths(plan)
+        if stock is not None:
+            new = copy.deepcopy(config)
+            new.num_heads, new.d_ff = stock
+            new.d_model = d_model
+            return new
+        fields = {
+            "d_model": d_model,
+            "nash_encoder_heads": [list(h) for h in plan.encoder_heads],
+            "nash_decoder_self_heads": [list(h) for h in plan.decoder_self_heads],
+            "nash_decoder_cross_heads": [list(h) for h in plan.decoder_cross_heads],
+            "nash_encoder_ffn": [len(f) for f in plan.encoder_ffn],
+            "nash_decoder_ffn": [len(f) for f in plan.decoder_ffn],
+        }
+        return self.remote_config_class(**{**config_kwargs(config), **fields})
+
+    def pruned_key_selector(self, config: Any, plan, *, stock: bool) -> Selector:
+        """Heads: their d_kv rows of q/k/v and columns of o (and, for a stock config, their columns of the
+        relative position bias); FFN dims: rows of wi / wi_0 / wi_1, columns of wo; hidden dims: columns
+        of embeddings and projections' inputs, rows of outputs and norms."""
+        hidden = index_of(plan.hidden)
+        d_kv = config.d_kv
+
+        def select(key: str):
+            if _EMBED_KEY.match(key):  # [vocab, d_model]
+                return None, hidden
+            if _NORM_KEY.match(key):
+                return hidden, None
+            if m := _ATTN_KEY.match(key):
+                stack, i, _, kind, name = m.groups()
+                heads = heads_of(plan, stack, "cross" if kind == "EncDecAttention" else "self")[int(i)]
+                if name == "relative_attention_bias":  # [num_buckets, H]: all heads unless stock
+                    return None, (index_of(heads) if stock else None)
+                if not heads:
+                    return None  # a removed attention holds no projection weights
+                rows = head_rows(heads, d_kv)
+                return (hidden, rows) if name == "o" else (rows, hidden)
+            if m := _FFN_KEY.match(key):
+                stack, i, _, name = m.groups()
+                dims = (plan.encoder_ffn if stack == "encoder" else plan.decoder_ffn)[int(i)]
+                if not dims:
+                    return None  # a removed FFN holds no weights
+                return (hidden, index_of(dims)) if name == "wo" else (index_of(dims), hidden)
+            raise ValueError(f"cannot prune T5 state-dict key {key!r}")
+
+        return select
+
+    def fold_pruned_state(self, config: Any, plan, state: dict[str, torch.Tensor]) -> None:
+        """T5 v1.0 scales decoder outputs by d_model**-0.5 before the LM head; keep the ORIGINAL scale."""
+        if plan.hidden is not None and getattr(config, "scale_decoder_outputs", False):
+            key = "decoder.final_layer_norm.weight"
+            state[key] = state[key] * math.sqrt(len(plan.hidden) / config.d_model)

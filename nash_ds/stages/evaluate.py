@@ -15,14 +15,16 @@ early stops, so speedups use the latency rows.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from nash_ds import dist, latency
 from nash_ds.config import RunConfig, to_dict
+
+log = logging.getLogger(__name__)
 
 REPORT = "report.json"
 
@@ -49,56 +51,11 @@ def load_for_eval(name_or_path: str | Path):
     return load_model(str(path) if path.exists() else str(name_or_path)).eval()
 
 
-def family_of(config):
-    """The Family of a stock config or of a pruned Nash*Config (by its stock parent class)."""
-    from nash_ds.models import get_family
-
-    for cls in type(config).__mro__:
-        model_type = getattr(cls, "model_type", "")
-        if model_type and not model_type.startswith("nash_"):
-            return get_family(SimpleNamespace(model_type=model_type))
-    return get_family(config)
-
-
 def param_counts(model) -> dict:
-    """Parameters (each tied tensor once): total, embeddings, encoder / decoder layers, prunable parts."""
-    def unique(params) -> dict:
-        return {id(p): p for p in params}
+    """``models.count_params`` of a stock or pruned model."""
+    from nash_ds.models import count_params, family_for
 
-    every = unique(model.parameters())
-
-    def count(ids) -> int:
-        return int(sum(every[i].numel() for i in ids))
-
-    embed_ids = set(unique(model.get_input_embeddings().parameters()))
-    head = model.get_output_embeddings()
-    if head is not None:
-        embed_ids |= set(unique(head.parameters()))
-    enc = unique(model.get_encoder().parameters())
-    dec = unique(model.get_decoder().parameters())
-    family = family_of(model.config)
-    prunable = family.count_prunable_params(model)
-    return {
-        "total": count(every),
-        "embeddings": count(embed_ids & set(every)),
-        "encoder": count(set(enc) - embed_ids),
-        "decoder": count(set(dec) - embed_ids),
-        "prunable_encoder": int(prunable["encoder"]),
-        "prunable_decoder": int(prunable["decoder"]),
-        "prunable_model": int(prunable["model"]),
-        "decoder_layers": family.num_layers(model.config, "decoder"),
-        "encoder_layers": family.num_layers(model.config, "encoder"),
-    }
-
-
-def sparsity(params: dict, reference: dict) -> dict:
-    """1 - ours / dense: whole model, prunable model (the decoder cut included), encoder, decoder."""
-    return {
-        "total_params": 1.0 - params["total"] / reference["total"],
-        "prunable_model": 1.0 - params["prunable_model"] / reference["prunable_model"],
-        "encoder": 1.0 - params["prunable_encoder"] / reference["prunable_encoder"],
-        "decoder": 1.0 - params["prunable_decoder"] / reference["prunable_decoder"],
-    }
+    return count_params(model, family_for(model.config))
 
 
 def method_of(path: str | Path, name: str) -> str:
@@ -182,6 +139,8 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
     if reference is not None:
         same = [d for d in details.values() if Path(d["path"]) == Path(reference)]
         ref_params = same[0]["params"] if same else param_counts(load_for_eval(reference))
+    from nash_ds.models.base import sparsity
+
     for d in details.values():
         d["sparsity"] = sparsity(d["params"], ref_params) if ref_params else None
     lat = latency.latency_table(loaded, batch_sizes=e.batch_sizes, beams=sorted({1, cfg.generation.num_beams}),
@@ -271,18 +230,6 @@ def _check_not_finished(cfg: RunConfig, stage_dir: Path) -> None:
                          "overwrite=true to replace it, or choose another output_dir")
 
 
-def _on_rank_zero(fn):
-    """Run ``fn`` on rank 0 while the others wait; a failure is raised on every rank."""
-    error, result = None, None
-    if dist.is_rank_zero():
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = e
-    dist.raise_if_any_rank(error)
-    return dist.broadcast_object(result)
-
-
 def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | Path | None = None,
             stage_dir: Path) -> str:
     """Evaluate ``models`` side by side into ``stage_dir``; returns the markdown table (every rank).
@@ -292,7 +239,7 @@ def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | P
     """
     def work():
         if (stage_dir / REPORT).exists() and not cfg.overwrite:
-            print(f"[nash-ds] evaluate: {stage_dir / REPORT} is finished, reusing it", flush=True)
+            log.info("evaluate: %s is finished, reusing it", stage_dir / REPORT)
             return (stage_dir / "report.md").read_text()
         result = compare_rows(cfg, models, reference=reference)
         result["config"] = to_dict(cfg)
@@ -300,7 +247,7 @@ def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | P
         _write(result, cfg, stage_dir)
         return markdown(result, cfg)
 
-    return _on_rank_zero(work)
+    return dist.on_rank_zero(work)
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
@@ -318,10 +265,10 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
         result["config"] = to_dict(cfg)
         result["environment"] = _environment()
         _write(result, cfg, stage_dir)
-        print(markdown(result, cfg), flush=True)
+        log.info("%s", markdown(result, cfg))
         return {"stage": "evaluate", "report": str(stage_dir / REPORT), "rows": result["rows"]}
 
-    return _on_rank_zero(work)
+    return dist.on_rank_zero(work)
 
 
 def _environment() -> dict:

@@ -1,7 +1,8 @@
 """``finalize``: consolidate the prune checkpoint, prune for real, check, export (rank 0).
 
 1. consolidate the DeepSpeed checkpoint (any ZeRO stage, any world size) to fp32 weights;
-2. rebuild the student and its masks, compute deterministic masks and the pruning plan;
+2. rebuild the student and its masks (``masks.Masking``): deterministic masks, the pruning plan,
+   and the student as the masked model;
 3. physically remove what the plan drops;
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -28,16 +30,11 @@ import torch
 from nash_ds import checkpoint as ckpt
 from nash_ds import dist
 from nash_ds.config import RunConfig
+from nash_ds.errors import SelfCheckError
+from nash_ds.masks import Masking
 from nash_ds.stages import common
-from nash_ds.stages.prune import META_FILE
 
-FINALIZE_PREFIXES = ("student.", "masks.")
-"""What the finalizer reads of a prune checkpoint (PruneModule also holds lagrangian.*, enc_proj.*,
-dec_proj.*, which it does not need)."""
-
-
-class SelfCheckError(RuntimeError):
-    """The pruned model does not compute what the masked model computed."""
+log = logging.getLogger(__name__)
 
 
 def _config_from_dict(d: dict):
@@ -47,24 +44,13 @@ def _config_from_dict(d: dict):
     return AutoConfig.for_model(d.pop("model_type"), **d)
 
 
-def _model_from_config(config):
-    from transformers import AutoModelForSeq2SeqLM
-
-    return AutoModelForSeq2SeqLM.from_config(config)
-
-
-def load_prune_checkpoint(path: Path, *, method: str, prefixes: tuple[str, ...] | None = None
-                          ) -> tuple[dict, dict, str, dict]:
+def load_prune_checkpoint(path: Path, *, method: str, keep=None) -> tuple[dict, dict, str, dict]:
     """(state_dict, meta, tag, info) of the chosen checkpoint, with clear errors for bad input.
 
-    ``prefixes``: read only the tensors whose names start with one of them (default: all).
+    ``keep``: read only the tensors whose names it accepts (default: all).
     """
     ckpt_dir, tag = ckpt.resolve_checkpoint(path)
-    meta_path = ckpt_dir / META_FILE
-    if not meta_path.is_file():
-        raise ValueError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
-                         "reads the checkpoints of 'run.py prune'")
-    meta = json.loads(meta_path.read_text())
+    meta = ckpt.read_meta(ckpt_dir)
     info = ckpt.read_info(ckpt_dir, tag)
     if info.get("method") != method or meta.get("method") != method:
         raise ValueError(f"checkpoint {ckpt_dir / tag} was trained with method {info.get('method')!r} but "
@@ -73,65 +59,27 @@ def load_prune_checkpoint(path: Path, *, method: str, prefixes: tuple[str, ...] 
     best = (info.get("best") or {}).get("tag")
     if best and (ckpt_dir / best / ckpt.COMPLETE).is_file():
         tag = best
-    keep = None if prefixes is None else (lambda name: name.startswith(prefixes))
     state = ckpt.consolidate(ckpt_dir, tag, keep=keep)
     return state, meta, tag, info
-
-
-def _pop_prefix(state: dict, prefix: str) -> dict:
-    """Move the entries under ``prefix`` out of ``state`` (no copies), prefix stripped."""
-    return {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
 
 
 def _max_logit_diff(a, b, batches) -> float:
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
-            la = a(**batch).logits
-            lb = b(**batch).logits
-            worst = max(worst, float((la - lb).abs().max()))
+            worst = max(worst, float((a(**batch).logits - b(**batch).logits).abs().max()))
     return worst
 
 
-def masked_plan(student, *, family, masks, kept: list[int]):
-    """The pruning plan of the deterministic ``masks`` (None: keep all, the sft case)."""
-    from nash_ds.plan import PruningPlan
+def pruned_from_masks(student, *, masking: Masking, kept: list[int]):
+    """(physically pruned copy, plan) of ``student`` for the deterministic masks of ``masking``.
 
-    if masks is None:
-        c = student.config
-        plan = PruningPlan.full(
-            num_encoder_layers=family.num_layers(c, "encoder"), num_decoder_layers=family.num_layers(c, "decoder"),
-            num_heads=family.num_heads(c, "encoder"), encoder_ffn=family.d_ff(c, "encoder"),
-            decoder_ffn=family.d_ff(c, "decoder"))
-        plan.kept_decoder_layers = list(kept)
-        return plan
-    masks.eval()
-    return masks.plan(kept)
-
-
-def _attach_deterministic(student, *, family, masks) -> None:
-    """Make ``student`` the masked model: hooks on, gates at their deterministic values."""
-    from nash_ds.masks import attach
-
-    student.eval()
-    if masks is not None:
-        attach(student, family, masks)
-        masks.eval()
-        masks()  # deterministic gates for the hooks
-
-
-def pruned_from_masks(student, *, family, masks, kept: list[int]):
-    """(physically pruned copy, plan) for deterministic ``masks`` (None: keep all, the sft case).
-
-    With masks, ``student`` leaves with the masks attached in deterministic mode: it is then the
-    masked model the pruned one must match.
+    ``student`` leaves as the masked model (``Masking.finalize``) the pruned one must match.
     """
     from nash_ds.models.pruning import prune_model
 
-    plan = masked_plan(student, family=family, masks=masks, kept=kept)
-    pruned = prune_model(student, plan).eval()  # leaves ``student`` untouched
-    _attach_deterministic(student, family=family, masks=masks)
-    return pruned, plan
+    plan = masking.finalize(student, kept)
+    return prune_model(student, plan).eval(), plan  # prune_model leaves ``student`` untouched
 
 
 def _checked(diff: float, atol: float) -> float:
@@ -172,30 +120,25 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     """Rank-0 body of the stage; returns the report."""
     from nash_ds.data import Seq2SeqCollator, build_datasets
     from nash_ds.export import atomic_dir, cast_for_export, save_hf_dir
-    from nash_ds.masks import MaskSet
-    from nash_ds.models import get_family, load_full_state
+    from nash_ds.models import family_for, load_full_state
     from nash_ds.models.pruning import prune_model
 
     method = cfg.prune.method
     source = Path(cfg.finalize.checkpoint or Path(cfg.output_dir) / "prune" / "checkpoints")
-    state, meta, tag, info = load_prune_checkpoint(source, method=method, prefixes=FINALIZE_PREFIXES)
-    student_state = _pop_prefix(state, "student.")
-    mask_state = _pop_prefix(state, "masks.")
+    state, meta, tag, info = load_prune_checkpoint(source, method=method, keep=Masking.wanted)
+    student_state, mask_state = Masking.split_state(state)
+    del state
     student_config = _config_from_dict(meta["student_config"])
     teacher_config = _config_from_dict(meta["teacher_config"])
-    family = get_family(student_config)
+    family = family_for(student_config)
     with torch.device("meta"):
-        student = _model_from_config(student_config)
+        student = family.from_config(student_config)
     load_full_state(student, student_state, what=f"checkpoint {source}")  # no copy: the student owns them
-    del state, student_state
+    del student_state
     kept = list(meta["kept_decoder_layers"])
-    masks = None
-    if method in ("nash", "cofi"):
-        masks = MaskSet(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
-                        teacher_config=teacher_config)
-        masks.load_state_dict(mask_state)
-    plan = masked_plan(student, family=family, masks=masks, kept=kept)
-    _attach_deterministic(student, family=family, masks=masks)
+    masking = Masking.build(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
+                            teacher_config=teacher_config, mask_state=mask_state)
+    plan = masking.finalize(student, kept)  # the student is now the masked model
 
     # self-check on real batches of the task: the masked model first, then the pruned one
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or meta["teacher"])
@@ -211,8 +154,8 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         gc.collect()
         diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
 
-    report = build_report(family=family, plan=plan, pruned=pruned, teacher_config=teacher_config, masks=masks,
-                          meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
+    report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
+                          masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
     export_dtype = getattr(torch, cfg.model.export_dtype)
     cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
     with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
@@ -221,24 +164,15 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     return report
 
 
-def _count(model, family) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    prunable = family.count_prunable_params(model)
-    return {"total": int(total), **{f"prunable_{k}": int(v) for k, v in prunable.items()}}
+def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking, meta: dict, tag: str,
+                 diff: float, atol: float) -> dict:
+    """Kept units per layer, provenance of decoder layers, parameter counts (``count_params``: what the
+    teacher and the export really hold) and sparsity vs the teacher."""
+    from nash_ds.models import count_params
+    from nash_ds.models.base import sparsity as sparsity_of
 
-
-def build_report(*, family, plan, pruned, teacher_config, masks, meta, tag, diff, atol) -> dict:
-    """Kept units per layer, provenance of decoder layers, parameter counts and sparsity vs the teacher."""
-    with torch.device("meta"):
-        teacher = _model_from_config(teacher_config)
-    dense = _count(teacher, family)
-    ours = _count(pruned, family)
-    sparsity = {}
-    for part in ("encoder", "decoder", "model"):
-        key = f"prunable_{part}"
-        if key in dense and dense[key]:
-            sparsity[part] = 1.0 - ours[key] / dense[key]
-    sparsity["total_params"] = 1.0 - ours["total"] / dense["total"]
+    ours = count_params(pruned, family)
+    s = sparsity_of(ours, teacher_params)
     report = {
         "method": meta["method"],
         "family": meta["family"],
@@ -254,14 +188,15 @@ def build_report(*, family, plan, pruned, teacher_config, masks, meta, tag, diff
         "ffn_kept_per_layer": {"encoder": [len(f) for f in plan.encoder_ffn],
                                "decoder": [len(f) for f in plan.decoder_ffn]},
         "hidden_kept": None if plan.hidden is None else len(plan.hidden),
-        "params": {"teacher": dense, "pruned": ours},
-        "sparsity_vs_teacher": sparsity,
+        "params": {"teacher": dict(teacher_params), "pruned": ours},
+        "sparsity_vs_teacher": {"encoder": s["encoder"], "decoder": s["decoder"], "model": s["prunable_model"],
+                                "total_params": s["total_params"]},
         "self_check": {"max_abs_logit_diff": diff, "atol": atol},
         "export_class": type(pruned).__name__,
     }
-    if masks is not None:
+    if masking.maskset is not None:
         report["mask_expected_prunable_params"] = {k: int(round(float(v)))
-                                                   for k, v in masks.deterministic_params().items()}
+                                                   for k, v in masking.maskset.deterministic_params().items()}
     return report
 
 
@@ -269,17 +204,9 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     if (stage_dir / "model").exists() and not cfg.overwrite:
         raise ValueError(f"{stage_dir} already holds a finished run ({stage_dir / 'model'} exists); pass "
                          "overwrite=true to replace it")
-    error, report = None, None
-    if dist.is_rank_zero():
-        try:
-            report = finalize(cfg, stage_dir=stage_dir)
-        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = e
-    dist.raise_if_any_rank(error)
-    report = dist.broadcast_object(report)
-    if dist.is_rank_zero():
-        s = report["sparsity_vs_teacher"]
-        print(f"[nash-ds] finalize: {report['export_class']} -> {stage_dir / 'model'}; sparsity vs teacher "
-              + ", ".join(f"{k} {v:.3f}" for k, v in s.items())
-              + f"; self-check max |dlogit| {report['self_check']['max_abs_logit_diff']:.2e}", flush=True)
+    report = dist.on_rank_zero(lambda: finalize(cfg, stage_dir=stage_dir))
+    s = report["sparsity_vs_teacher"]
+    log.info("finalize: %s -> %s; sparsity vs teacher %s; self-check max |dlogit| %.2e", report["export_class"],
+             stage_dir / "model", ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
+             report["self_check"]["max_abs_logit_diff"])
     return {"stage": "finalize", "model": str(stage_dir / "model"), "report": report}

@@ -7,6 +7,8 @@ KD from ``prune.teacher``.
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -14,37 +16,9 @@ import torch
 from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.stages import common
+from nash_ds.trainer import model_param_groups
 
-
-def model_param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups for model weights: no decay on biases and norms."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        ndim = len(dist.full_shape(p))  # ZeRO-3 partitions are 1-d placeholders
-        (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "model", "schedule": "model"}]
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "model_no_decay",
-                       "schedule": "model"})
-    return groups
-
-
-def export_model(template: torch.nn.Module, state: dict[str, torch.Tensor], out_dir: Path, *, tokenizer,
-                 dtype: str, prefix: str = "") -> None:
-    """Rebuild ``template``'s class from its config, load the consolidated weights, save atomically."""
-    from nash_ds.export import save_hf_dir
-
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    from nash_ds.models import load_full_state
-
-    with torch.device("meta"):
-        model = type(template)(template.config)
-    load_full_state(model, state, what="consolidated checkpoint")
-    model.generation_config = template.generation_config
-    save_hf_dir(model, tokenizer, out_dir, dtype=dtype)
+log = logging.getLogger(__name__)
 
 
 class FinetuneTask:
@@ -74,13 +48,27 @@ class FinetuneTask:
         loss = d.ce_weight * out.loss + d.kd_weight * kd
         return loss, {"loss": float(loss), "ce": float(out.loss), "kd": float(kd)}
 
+    def after_optimizer_step(self, engine) -> None:
+        pass
+
+    def step_logs(self, engine, step: int) -> dict:
+        return {}
+
     def generation_model(self, engine):
         return engine.module
 
-    def after_step(self, engine, step):
+    def eval_context(self, engine):
+        return nullcontext()
+
+    def eval_extras(self, engine) -> dict:
         return {}
 
+    def eligible_for_best(self, metrics: dict) -> bool:
+        return True
+
     def export(self, state, out_dir: Path) -> None:
+        from nash_ds.export import export_model
+
         export_model(self.module, state, out_dir, tokenizer=self.tokenizer, dtype=self.cfg.model.export_dtype)
 
 
@@ -99,8 +87,8 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     with common.partitioned_build(ds, cfg.model.name_or_path):
         model = load_model(cfg.model.name_or_path, seed=cfg.seed,
                            **(common.model_kwargs_from_tokenizer(tokenizer) if preset else {}))
-    if dist.is_rank_zero() and dist.is_partitioned(model):
-        print(f"[nash-ds] finetune: {cfg.model.name_or_path} loaded partitioned (ZeRO-3)", flush=True)
+    if dist.is_partitioned(model):
+        log.info("finetune: %s loaded partitioned (ZeRO-3)", cfg.model.name_or_path)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     teacher = None
@@ -113,5 +101,4 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     trainer = Trainer(cfg=cfg, stage_dir=stage_dir, task=task, tokenizer=tokenizer, train_set=data["train"],
                       eval_set=data[cfg.data.eval_split], collator=Seq2SeqCollator(tokenizer), ds_config=ds)
     result = trainer.fit()
-    n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
-    return {"stage": "finetune", "model": str(stage_dir / "model"), "params": n_params, **result}
+    return {"stage": "finetune", "model": str(stage_dir / "model"), **result}

@@ -8,12 +8,15 @@ prints a table a person can read: teacher vs pruned, metric, parameters, generat
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 
 from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.stages import common
+
+log = logging.getLogger(__name__)
 
 
 def _stage_cfgs(cfg: RunConfig) -> dict[str, RunConfig]:
@@ -44,7 +47,8 @@ def _finished(stage: str, out: Path) -> bool:
     return (out / stage / "model").exists()
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict:
+    """Every stage in order under ``cfg.output_dir`` (``stage_dir`` is unused: each stage has its own)."""
     from nash_ds.stages import finalize, finetune, prune
 
     out = Path(cfg.output_dir)
@@ -55,11 +59,9 @@ def run(cfg: RunConfig) -> dict:
     results, times = {}, {}
     for name, fn in steps:
         if _finished(name, out) and not cfg.overwrite:
-            if dist.is_rank_zero():
-                print(f"[nash-ds] pipeline: {out / name} is finished, skipping", flush=True)
+            log.info("pipeline: %s is finished, skipping", out / name)
             continue
-        if dist.is_rank_zero():
-            print(f"[nash-ds] pipeline: stage {name} -> {out / name}", flush=True)
+        log.info("pipeline: stage %s -> %s", name, out / name)
         t0 = time.perf_counter()
         results[name] = fn(cfgs[name], stage_dir=common.stage_dir(cfg, name))
         times[name] = time.perf_counter() - t0
@@ -71,8 +73,7 @@ def run(cfg: RunConfig) -> dict:
 
         table = evaluate.compare(cfg, models={"teacher": out / "finetune" / "model", "pruned": pruned},
                                  reference=out / "finetune" / "model", stage_dir=common.stage_dir(cfg, "evaluate"))
-    if dist.is_rank_zero():
-        print("\n" + "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()), flush=True)
-        if table:
-            print(table, flush=True)
+    log.info("stage times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    if table:
+        log.info("\n%s", table)
     return {"stage": "pipeline", "results": results, "times": times, "table": table}

@@ -4,26 +4,28 @@ The student is a copy of the fine-tuned teacher with its decoder cut to the chos
 Lagrange multipliers and the hidden-state projections are parameters of one wrapper module, so
 one DeepSpeed engine (and its ZeRO partitioning) holds them all, with three learning rates.
 Everything that touches those parameters runs inside the wrapper's forward, so ZeRO-3 gathers
-them.
+them. The mask lifecycle (``masks.Masking``) is driven from here and from the trainer.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from nash_ds import checkpoint as ckpt
 from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.distill import BlockOutputs, identity_linear, kd_loss, masked_mse
 from nash_ds.lagrangian import Lagrangian, target_sparsity
+from nash_ds.masks import Masking
 from nash_ds.stages import common
-from nash_ds.stages.finetune import model_param_groups
+from nash_ds.trainer import model_param_groups
 
-META_FILE = "prune_meta.json"
+log = logging.getLogger(__name__)
 
 
 def _num(x) -> float:
@@ -31,13 +33,16 @@ def _num(x) -> float:
 
 
 class PruneModule(nn.Module):
-    """Student + masks + Lagrangian + distillation projections; forward returns (loss, logs)."""
+    """Student + masks + Lagrangian + distillation projections; forward returns (loss, logs).
 
-    def __init__(self, student, *, family, masks, cfg: RunConfig, kept_decoder_layers: list[int]):
+    The attribute names ``student`` and ``masks`` are the prefixes ``Masking.split_state`` reads.
+    """
+
+    def __init__(self, student, *, family, masking: Masking, cfg: RunConfig, kept_decoder_layers: list[int]):
         super().__init__()
         self.student = student
-        self.masks = masks
-        self.lagrangian = Lagrangian() if masks is not None else None
+        self.masks = masking.maskset
+        self.lagrangian = Lagrangian() if self.masks is not None else None
         d = family.d_model(student.config)
         self.enc_proj = identity_linear(d)
         self.dec_proj = identity_linear(d)
@@ -88,9 +93,10 @@ class PruneModule(nn.Module):
 class PruneTask:
     """Trainer task for nash / cofi / sft."""
 
-    def __init__(self, module: PruneModule, *, cfg: RunConfig, tokenizer, teacher, teacher_family,
-                 meta: dict):
+    def __init__(self, module: PruneModule, *, masking: Masking, cfg: RunConfig, tokenizer, teacher,
+                 teacher_family, meta: dict):
         self.module = module
+        self.masking = masking
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.teacher = teacher
@@ -106,7 +112,7 @@ class PruneTask:
                        "lr": self.cfg.train.lr, "weight_decay": 0.0, "name": "distill_proj", "schedule": "model"})
         if m.masks is not None:
             # no momentum (beta1 = 0) for masks and lambdas: momentum delays the Lagrangian's feedback and
-            # makes the sparsity overshoot and oscillate around its target (bench/lagrangian.py)
+            # makes the sparsity overshoot and oscillate around its target
             groups.append({"params": list(m.masks.parameters()), "lr": p.mask_lr, "weight_decay": 0.0,
                            "betas": (0.0, 0.999), "name": "masks", "schedule": "constant"})
             groups.append({"params": list(m.lagrangian.parameters()), "lr": p.lambda_lr, "weight_decay": 0.0,
@@ -126,6 +132,9 @@ class PruneTask:
 
     def training_loss(self, engine, batch, step):
         return engine(batch, self._teacher_outputs(batch), step)
+
+    def after_optimizer_step(self, engine) -> None:
+        self.masking.after_optimizer_step()
 
     def generation_model(self, engine):
         return engine.module.student
@@ -148,9 +157,9 @@ class PruneTask:
         key = f"sparsity/{self.module.target_key}"
         return metrics.get(key, 0.0) >= self.cfg.prune.target_sparsity - 0.02
 
-    def after_step(self, engine, step):
+    def step_logs(self, engine, step) -> dict:
         masks = engine.module.masks
-        if masks is None or step % self.cfg.train.log_every:
+        if masks is None:
             return {}
         with dist.gathered(list(masks.parameters())):
             summary = masks.summary()
@@ -165,18 +174,19 @@ class PruneTask:
 
     def export(self, state, out_dir: Path) -> None:
         """prune/model: the student (decoder cut, unpruned), its masks, and the run's metadata."""
+        import json
+
         from safetensors.torch import save_file
 
-        from nash_ds.export import atomic_dir
-        from nash_ds.stages.finetune import export_model
+        from nash_ds.export import atomic_dir, export_model
 
+        student_state, mask_state = Masking.split_state(dict(state))
         with atomic_dir(out_dir, overwrite=False) as tmp:
-            export_model(self.module.student, state, tmp / "student", tokenizer=self.tokenizer, dtype="float32",
-                         prefix="student.")
-            masks = {k[len("masks."):]: v.contiguous() for k, v in state.items() if k.startswith("masks.")}
-            if masks:
-                save_file(masks, str(tmp / "masks.safetensors"))
-            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=1))
+            export_model(self.module.student, student_state, tmp / "student", tokenizer=self.tokenizer,
+                         dtype="float32")
+            if mask_state:
+                save_file({k: v.contiguous() for k, v in mask_state.items()}, str(tmp / "masks.safetensors"))
+            (tmp / ckpt.META_FILE).write_text(json.dumps(self.meta, indent=1))
 
 
 class _DeterministicMasks:
@@ -196,28 +206,16 @@ class _DeterministicMasks:
             self.masks.train(self.was_training)
 
 
-def kept_decoder_layers(p, num_decoder_layers: int) -> list[int]:
-    """Teacher decoder layers the student keeps (``p``: PruneConfig); cofi keeps them all."""
-    from nash_ds.models import select_decoder_layers
-
-    if p.method == "cofi":
-        return list(range(num_decoder_layers))
-    if isinstance(p.decoder_layers, list):
-        return select_decoder_layers(num_decoder_layers, len(p.decoder_layers), p.decoder_layers)
-    return select_decoder_layers(num_decoder_layers, p.decoder_layers, p.decoder_selection)
-
-
-def build_student(cfg: RunConfig, teacher, family, ds: dict):
-    """Decoder cut chosen before training; returns (student, kept teacher layer indices).
+def build_student(cfg: RunConfig, teacher, family, ds: dict, kept: list[int]):
+    """The student with the decoder cut to ``kept`` teacher layers.
 
     A whole teacher is copied (``family.make_student``); a ZeRO-3-partitioned one is never whole
     on any rank, so the student is built partitioned from its config and filled from the teacher
     tensor by tensor (``copy_student``).
     """
-    kept = kept_decoder_layers(cfg.prune, family.num_layers(teacher.config, "decoder"))
     if dist.is_partitioned(teacher):
-        return copy_student(teacher, family, kept, ds=ds), kept
-    return family.make_student(teacher, kept), kept
+        return copy_student(teacher, family, kept, ds=ds)
+    return family.make_student(teacher, kept)
 
 
 def copy_student(teacher, family, kept: list[int], *, ds: dict):
@@ -227,15 +225,15 @@ def copy_student(teacher, family, kept: list[int], *, ds: dict):
     gathering one pair at a time under ZeRO-3; the result equals ``make_student``'s
     (tests/test_models.py) without a second whole model on any rank.
     """
+    from nash_ds.compat import lm_head_is_tied, untie_lm_head
     from nash_ds.models.base import check_unmasked
 
     check_unmasked(teacher)
     with dist.zero3_init_context(ds):
         student = type(teacher)._from_config(family.student_config(teacher.config, len(kept)))
-    head, emb = family.lm_head(teacher).weight, teacher.get_input_embeddings().weight
-    if head is not emb and family.lm_head(student).weight is student.get_input_embeddings().weight:
-        # T5 v1.1 / Flan-T5: transformers 5 ties T5's head on construction; keep the teacher's untied head
-        family.lm_head(student).weight = nn.Parameter(torch.empty(dist.full_shape(head)))
+    if not lm_head_is_tied(teacher) and lm_head_is_tied(student):
+        # T5 v1.1 / Flan-T5: keep the teacher's own head (deepspeed.initialize partitions it)
+        untie_lm_head(student, torch.empty(dist.full_shape(family.lm_head(teacher).weight)))
     sources = dict(teacher.named_parameters(remove_duplicate=False))
     for name, p in student.named_parameters():
         src = sources[family.student_source_name(name, kept)]
@@ -250,7 +248,7 @@ def copy_student(teacher, family, kept: list[int], *, ds: dict):
 
 def _check_student_family(cfg: RunConfig, family) -> None:
     """model.name_or_path, when it names another model than the teacher, must be the same family."""
-    from nash_ds.models import PRESETS
+    from nash_ds.models import PRESETS, family_for, supported_model_types
 
     name = cfg.model.name_or_path
     if name == cfg.prune.teacher:
@@ -263,28 +261,17 @@ def _check_student_family(cfg: RunConfig, family) -> None:
 
         try:
             model_type = AutoConfig.from_pretrained(name).model_type
-        except OSError:
+        except (OSError, ValueError):
             return  # not resolvable here: the student is built from the teacher anyway
-    if model_type is not None and get_family_name(model_type) != family.name:
+    if model_type in supported_model_types() and family_for(model_type) is not family:
         raise ValueError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
                          f"{name} is {model_type}; teacher and student must be the same family (the student is "
                          "the teacher with its decoder cut)")
 
 
-def get_family_name(model_type: str) -> str | None:
-    from nash_ds.models import supported_model_types, get_family
-
-    if model_type not in supported_model_types():
-        return None
-    from types import SimpleNamespace
-
-    return get_family(SimpleNamespace(model_type=model_type)).name
-
-
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.data import Seq2SeqCollator, build_datasets
-    from nash_ds.masks import MaskSet, attach
-    from nash_ds.models import get_family, load_model
+    from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model
     from nash_ds.trainer import Trainer
 
     common.check_not_finished(cfg, stage_dir)
@@ -292,32 +279,37 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
                                 grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
                                 num_ranks=dist.world_size())
     teacher_src = cfg.prune.teacher
+    if not teacher_src.startswith("preset:"):
+        teacher_config = load_config(teacher_src)  # a missing or foreign teacher fails here, before anything
+        family = family_for(teacher_config)
+        family.check_prunable(teacher_config)
+        kept_decoder_layers(cfg.prune, family.num_layers(teacher_config, "decoder"))
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or teacher_src)
     with common.partitioned_build(ds, teacher_src):  # ZeRO-3: no rank holds the whole teacher or student
         teacher = load_model(teacher_src)
-    family = get_family(teacher.config)
+    family = family_for(teacher.config)
+    family.check_prunable(teacher.config)
     _check_student_family(cfg, family)
-    student, kept = build_student(cfg, teacher, family, ds)
-    if dist.is_rank_zero():
-        how = "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher"
-        print(f"[nash-ds] prune: student keeps teacher decoder layers {kept}, {how}", flush=True)
+    kept = kept_decoder_layers(cfg.prune, family.num_layers(teacher.config, "decoder"))
+    student = build_student(cfg, teacher, family, ds, kept)
+    log.info("prune: student keeps teacher decoder layers %s, %s", kept,
+             "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher")
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
-    masks = None
-    if cfg.prune.method in ("nash", "cofi"):
-        torch.manual_seed(cfg.seed)
-        masks = MaskSet(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
-                        teacher_config=teacher.config)
-        attach(student, family, masks)
-    module = PruneModule(student, family=family, masks=masks, cfg=cfg, kept_decoder_layers=kept)
-    teacher = dist.inference_engine(teacher, ds=ds)
+    torch.manual_seed(cfg.seed)
+    masking = Masking.build(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
+                            teacher_config=teacher.config)
+    masking.attach(student)
+    module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept)
     meta = {"method": cfg.prune.method, "family": family.name, "teacher": teacher_src,
             "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
-            "student_config": student.config.to_dict(), "teacher_config": teacher.config.to_dict()}
+            "student_config": student.config.to_dict(), "teacher_config": teacher.config.to_dict(),
+            "teacher_params": count_params(teacher, family)}
+    teacher = dist.inference_engine(teacher, ds=ds)
     common.open_stage_dir(cfg, stage_dir)
     if dist.is_rank_zero():
-        (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (stage_dir / "checkpoints" / META_FILE).write_text(json.dumps(meta, indent=1))
-    task = PruneTask(module, cfg=cfg, tokenizer=tokenizer, teacher=teacher, teacher_family=family, meta=meta)
+        ckpt.write_meta(stage_dir / "checkpoints", meta)
+    task = PruneTask(module, masking=masking, cfg=cfg, tokenizer=tokenizer, teacher=teacher, teacher_family=family,
+                     meta=meta)
     trainer = Trainer(cfg=cfg, stage_dir=stage_dir, task=task, tokenizer=tokenizer, train_set=data["train"],
                       eval_set=data[cfg.data.eval_split], collator=Seq2SeqCollator(tokenizer), ds_config=ds,
                       log_prefix="prune")

@@ -81,6 +81,35 @@ def _resize_ffn(layer: nn.Module, width: int) -> None:
     layer.fc2 = linear(width, d_model, bias=True)  # an EmptyLinear (no bias) for width 0
 
 
+def build_with_widths(stock_init, model: nn.Module, config) -> None:
+    """Run the stock ``stock_init(model, config)`` (BART or mBART), then give every layer its kept heads and
+    FFN width from the Nash config. Shared by NashBart and NashMBart (same layer layout)."""
+    heads = (config.encoder_attention_heads, config.decoder_attention_heads)
+    # the stock attentions need d_model % heads == 0; they are all replaced below
+    config.encoder_attention_heads = config.decoder_attention_heads = 1
+    try:
+        stock_init(model, config)
+    finally:
+        config.encoder_attention_heads, config.decoder_attention_heads = heads
+    base = model.model
+    for emb in (base.shared, base.encoder.embed_tokens, base.decoder.embed_tokens):
+        emb.embed_scale = config.nash_embed_scale
+    stacks = (
+        (base.encoder.layers, config.nash_encoder_num_heads, None, config.nash_encoder_ffn),
+        (base.decoder.layers, config.nash_decoder_self_num_heads, config.nash_decoder_cross_num_heads,
+         config.nash_decoder_ffn),
+    )
+    for layers, self_heads, cross_heads, ffn in stacks:
+        if len(self_heads) != len(layers) or len(ffn) != len(layers):
+            raise ValueError(f"{type(config).__name__} lists {len(self_heads)} head counts and {len(ffn)} FFN "
+                             f"widths for a stack of {len(layers)} layers")
+        for i, layer in enumerate(layers):
+            _swap_attention(layer, "self_attn", self_heads[i], config.nash_head_dim)
+            if cross_heads is not None:
+                _swap_attention(layer, "encoder_attn", cross_heads[i], config.nash_head_dim)
+            _resize_ffn(layer, ffn[i])
+
+
 class NashBartForConditionalGeneration(BartForConditionalGeneration):
     """BartForConditionalGeneration with per-layer head counts and FFN widths from ``NashBartConfig``."""
 
@@ -88,34 +117,8 @@ class NashBartForConditionalGeneration(BartForConditionalGeneration):
     _auto_class = "AutoModelForSeq2SeqLM"
 
     def __init__(self, config: NashBartConfig):
-        heads = (config.encoder_attention_heads, config.decoder_attention_heads)
-        # the stock attentions need d_model % heads == 0; they are all replaced below
-        config.encoder_attention_heads = config.decoder_attention_heads = 1
-        try:
-            super().__init__(config)
-        finally:
-            config.encoder_attention_heads, config.decoder_attention_heads = heads
-        self._apply_widths(config)
+        build_with_widths(BartForConditionalGeneration.__init__, self, config)
         self.post_init()
 
-    def _apply_widths(self, config: NashBartConfig) -> None:
-        base = self.model
-        for emb in (base.shared, base.encoder.embed_tokens, base.decoder.embed_tokens):
-            emb.embed_scale = config.nash_embed_scale
-        stacks = (
-            (base.encoder.layers, config.nash_encoder_num_heads, None, config.nash_encoder_ffn),
-            (base.decoder.layers, config.nash_decoder_self_num_heads, config.nash_decoder_cross_num_heads,
-             config.nash_decoder_ffn),
-        )
-        for layers, self_heads, cross_heads, ffn in stacks:
-            if len(self_heads) != len(layers) or len(ffn) != len(layers):
-                raise ValueError(f"NashBartConfig lists {len(self_heads)} head counts and {len(ffn)} FFN "
-                                 f"widths for a stack of {len(layers)} layers")
-            for i, layer in enumerate(layers):
-                _swap_attention(layer, "self_attn", self_heads[i], config.nash_head_dim)
-                if cross_heads is not None:
-                    _swap_attention(layer, "encoder_attn", cross_heads[i], config.nash_head_dim)
-                _resize_ffn(layer, ffn[i])
 
-
-__all__ = ["NashBartAttention", "NashBartForConditionalGeneration"]
+__all__ = ["NashBartAttention", "NashBartForConditionalGeneration", "build_with_widths"]

@@ -1,4 +1,5 @@
-"""``estimate``: per-rank memory of a finetune or prune run, and the ds_config that fits.
+"""The memory model behind ``run.py estimate``: per-rank memory of a finetune or prune run, and the
+ds_config that fits.
 
 The model is built on the meta device (no weights, no download for the named shapes), so a
 T5-XL estimate takes a second. Model states (weights, gradients, optimizer) follow DeepSpeed's
@@ -15,136 +16,55 @@ rough (+-50%); model states are exact up to allocator slack.
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import re
 from contextlib import redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+    from nash_ds.config import EstimateConfig
+
 GiB = 2**30
-
-
-@dataclass
-class EstimateConfig:
-    """The ``estimate`` stage: what to size and on which machines."""
-
-    model: str | None = None
-    """Named shape (t5-base, t5-large, t5-3b, t5-xl, bart-large, ...), hub name, local dir or preset:<name>;
-    None: model.name_or_path (finetune) or prune.teacher (prune)."""
-    stage: str = "finetune"
-    """finetune or prune (prune adds the teacher, masks and Lagrangian; decoder cut from prune.*)."""
-    world_size: int = 8
-    """Ranks (GPUs, or CPU processes) in the whole job."""
-    ranks_per_node: int = 8
-    """Ranks sharing one host (host RAM and offload are per node)."""
-    device: str = "gpu"
-    """gpu (bf16 configs) or cpu (fp32 configs)."""
-    memory_gb: float = 80.0
-    """Memory per rank in GiB: the GPU's (device=gpu) or host RAM / ranks_per_node (device=cpu)."""
-    host_memory_gb: float | None = None
-    """Host RAM per node in GiB for offload and start-up checks; None: not checked."""
-    headroom: float = 0.9
-    """Fraction of memory_gb a plan may use (allocator fragmentation, spikes)."""
-    zero_init: bool = True
-    """ZeRO-3 builds models under deepspeed.zero.Init (no full copy per rank at start-up)."""
-    candidates: list[str] = field(default_factory=list)
-    """ds_configs to compare; empty: the shipped ones of the device's precision, cheapest first."""
-
-
-# ---------------------------------------------------------------------------------------- shapes
-
-_T5 = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
-           decoder_start_token_id=0)
-_T5_V11 = dict(_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-_BART = dict(model_type="bart", vocab_size=50265, max_position_embeddings=1024, pad_token_id=1, bos_token_id=0,
-             eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
-
-
-def _t5(d, d_kv, h, f, n, base=_T5):
-    return dict(base, d_model=d, d_kv=d_kv, num_heads=h, d_ff=f, num_layers=n, num_decoder_layers=n)
-
-
-def _bart(d, h, f, n):
-    return dict(_BART, d_model=d, encoder_attention_heads=h, decoder_attention_heads=h, encoder_ffn_dim=f,
-                decoder_ffn_dim=f, encoder_layers=n, decoder_layers=n)
-
-
-SHAPES: dict[str, dict[str, Any]] = {
-    "t5-small": _t5(512, 64, 8, 2048, 6),
-    "t5-base": _t5(768, 64, 12, 3072, 12),
-    "t5-large": _t5(1024, 64, 16, 4096, 24),
-    "t5-3b": _t5(1024, 128, 32, 16384, 24),
-    "t5-11b": _t5(1024, 128, 128, 65536, 24),
-    "t5-v1_1-base": _t5(768, 64, 12, 2048, 12, _T5_V11),
-    "t5-v1_1-large": _t5(1024, 64, 16, 2816, 24, _T5_V11),
-    "t5-xl": _t5(2048, 64, 32, 5120, 24, _T5_V11),
-    "t5-xxl": _t5(4096, 64, 64, 10240, 24, _T5_V11),
-    "bart-base": _bart(768, 12, 3072, 6),
-    "bart-large": _bart(1024, 16, 4096, 12),
-}
-"""Public configs by shape: t5-xl / t5-xxl are T5 v1.1 / Flan-T5 XL / XXL (gated FFN, untied head)."""
-ALIASES = {"google/flan-t5-base": "t5-v1_1-base", "google/flan-t5-large": "t5-v1_1-large",
-           "google/flan-t5-xl": "t5-xl", "google/flan-t5-xxl": "t5-xxl", "google/t5-v1_1-base": "t5-v1_1-base",
-           "google/t5-v1_1-large": "t5-v1_1-large", "google/t5-v1_1-xl": "t5-xl", "google/t5-v1_1-xxl": "t5-xxl",
-           "flan-t5-xl": "t5-xl", "t5-v1_1-xl": "t5-xl", "google-t5/t5-base": "t5-base",
-           "google-t5/t5-large": "t5-large", "google-t5/t5-3b": "t5-3b", "facebook/bart-large": "bart-large",
-           "facebook/bart-base": "bart-base", "facebook/bart-large-cnn": "bart-large"}
 
 
 def model_config(name: str):
     """A transformers config for a named shape, preset, local directory or (cached) hub name."""
-    from transformers import AutoConfig
+    from nash_ds.models import SHAPES, load_config, named_shape_config, preset_config
 
-    key = ALIASES.get(name, name)
-    if key in SHAPES:
-        kwargs = dict(SHAPES[key])
-        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    config = named_shape_config(name)
+    if config is not None:
+        return config
     if name.startswith("preset:"):
-        from nash_ds.models import _PRESET_DEFAULTS, PRESETS
-
-        preset = name[len("preset:"):]
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
-        kwargs = dict(PRESETS[preset])
-        model_type = kwargs.pop("model_type")
-        ids = {k: v for k, v in _PRESET_DEFAULTS[model_type].items() if v is not None}
-        return AutoConfig.for_model(model_type, **kwargs, **ids)
+        return preset_config(name[len("preset:"):])
     try:
-        return AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
+        return load_config(name)
+    except ValueError as e:
         raise ValueError(f"estimate.model {name!r}: not a named shape ({', '.join(sorted(SHAPES))}), preset or "
-                         f"readable HF config (hub names need the network or a filled cache): {e}") from e
+                         f"readable HF config: {e}") from e
 
 
 def meta_model(config) -> torch.nn.Module:
-    """The stock model of ``config`` on the meta device (no memory); T5's head untied as the config says."""
+    """The stock model of ``config`` on the meta device (no memory), holding what its checkpoint holds."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM
+
+    from nash_ds.models import family_for
 
     with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(config)
-        head = model.get_output_embeddings()
-        # transformers 5 ties T5's head whatever the config says; an untied checkpoint (T5 v1.1, Flan-T5)
-        # shows as scale_decoder_outputs=False. Such a model holds its own head.
-        untied = getattr(config, "tie_word_embeddings", True) is False or getattr(config, "scale_decoder_outputs",
-                                                                                    True) is False
-        if untied and head.weight is model.get_input_embeddings().weight:
-            head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
-    return model
+        return family_for(config).from_config(config)
 
 
 def param_stats(model: torch.nn.Module) -> tuple[int, int]:
-    """(total params with tied tensors once, largest single module's own params), as DeepSpeed counts them."""
-    total = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+    """(total params as ``models.count_params`` counts them, largest single module's own params)."""
+    from nash_ds.models import count_params, family_for
+
     largest = max(sum(int(getattr(p, "ds_numel", p.numel())) for p in m.parameters(recurse=False))
                   for m in model.modules())
-    return total, largest
+    return count_params(model, family_for(model.config))["total"], largest
 
 
 # ---------------------------------------------------------------------------------------- DeepSpeed config
@@ -343,9 +263,9 @@ class Shape:
 
     @classmethod
     def of(cls, model) -> Shape:
-        from nash_ds.models import get_family
+        from nash_ds.models import family_for
 
-        fam, c = get_family(model.config), model.config
+        fam, c = family_for(model.config), model.config
         return cls(d_model=fam.d_model(c), attn=fam.num_heads(c, "encoder") * fam.head_dim(c, "encoder"),
                    heads=fam.num_heads(c, "encoder"), d_ff=fam.d_ff(c, "encoder"),
                    gated=fam.num_ffn_in_projs(c) == 2, enc_layers=fam.num_layers(c, "encoder"),
@@ -418,19 +338,17 @@ def _largest_block(model, family) -> int:
 
 def build_models(cfg, est: EstimateConfig) -> Models:
     """Meta-device student (and teacher for prune) with the decoder cut and masks of ``cfg.prune``."""
-    from nash_ds.models import get_family
+    from nash_ds.models import family_for, kept_decoder_layers
 
     if est.stage not in ("finetune", "prune"):
         raise ValueError(f"estimate.stage must be finetune or prune, got {est.stage!r}")
     name = est.model or (cfg.prune.teacher if est.stage == "prune" else cfg.model.name_or_path)
     teacher = meta_model(model_config(name))
-    family = get_family(teacher.config)
+    family = family_for(teacher.config)
     if est.stage == "finetune":
         total, largest = param_stats(teacher)
         return Models(student=teacher, teacher=None, trainable=total, largest=largest, masks=0,
                       block=_largest_block(teacher, family))
-    from nash_ds.stages.prune import kept_decoder_layers
-
     p = cfg.prune
     kept = kept_decoder_layers(p, family.num_layers(teacher.config, "decoder"))
     student = family.make_student(teacher, kept)
@@ -497,7 +415,7 @@ def estimate(cfg, est: EstimateConfig | None = None) -> dict[str, Any]:
     ``cfg`` is a RunConfig: batch size, sequence lengths, gradient checkpointing, the prune settings
     and train.ds_config (always compared) come from it.
     """
-    est = est or EstimateConfig()
+    est = est or cfg.estimate
     _validate(est)
     models = build_models(cfg, est)
     t, d = cfg.train, cfg.data
@@ -567,13 +485,3 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("student states: DeepSpeed's estimator for bf16 (its *_all_cold figures), nash-ds's count for fp32; "
                  "activations are rough (+-50%)")
     return "\n".join(lines)
-
-
-def run(cfg) -> dict[str, Any]:
-    """``run.py estimate``: print the table on rank 0 and return the estimate."""
-    from nash_ds import dist
-
-    result = estimate(cfg, copy.deepcopy(cfg.estimate))
-    if dist.is_rank_zero():
-        print(format_table(result), flush=True)
-    return result

@@ -1,0 +1,32 @@
+"""Config of a physically pruned mBART with per-layer head counts, FFN widths and any d_model.
+
+Self-contained (imports only transformers): copied into exported model directories and loaded
+with ``trust_remote_code=True`` through ``auto_map``.
+"""
+
+from transformers import MBartConfig
+
+
+class NashMBartConfig(MBartConfig):
+    """MBartConfig plus the kept units of every layer (the same fields as NashBartConfig)."""
+
+    model_type = "nash_mbart"
+    _auto_class = "AutoConfig"
+
+    nash_head_dim: int | None = None
+    """Size of one attention head (the original d_model // num_heads)."""
+    nash_embed_scale: float | None = None
+    """Token embedding scale (sqrt of the ORIGINAL d_model when scale_embedding, else 1.0)."""
+    nash_encoder_num_heads: list[int] | None = None
+    """Kept self-attention heads per encoder layer (0 removes the attention)."""
+    nash_decoder_self_num_heads: list[int] | None = None
+    """Kept self-attention heads per decoder layer."""
+    nash_decoder_cross_num_heads: list[int] | None = None
+    """Kept cross-attention heads per decoder layer."""
+    nash_encoder_ffn: list[int] | None = None
+    """FFN width per encoder layer (0 removes the FFN)."""
+    nash_decoder_ffn: list[int] | None = None
+    """FFN width per decoder layer (0 removes the FFN)."""
+
+
+__all__ = ["NashMBartConfig"]
