@@ -1,4 +1,5 @@
-"""The code summarization corpus (bench/docstring_corpus.py) on a small source tree of its own."""
+"""The code summarization corpus (bench/docstring_corpus.py) and its tokenizer (bench/realtext_tokenizer.py)
+on a small source tree of their own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.docstring_corpus import SPLITS, build_corpus, first_sentence
+from bench.realtext_tokenizer import build_tokenizer, check_tokenizer, read_texts
 
 ALPHA = '''\
 """Module docstring (not a function)."""
@@ -199,3 +201,23 @@ def test_first_sentence():
     assert first_sentence("Link to [docs](http://x). More.") == "Link to docs"
     assert first_sentence("Compute the rate\n:param x: rate") == "Compute the rate"
 
+
+def test_tokenizer_t5_conventions_and_round_trip(corpus):
+    from transformers import AutoTokenizer
+
+    tmp, out, _ = corpus
+    record = build_tokenizer(out, tmp / "tok", vocab_size=200, seed=0)
+    tok = AutoTokenizer.from_pretrained(str(tmp / "tok"))
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.bos_token_id) == (0, 1, 2, None)
+    assert len(tok) == record["vocab_size"] == 200
+    target = "Compute the matrix number 3 from data of the given size"
+    ids = tok(text_target=target)["input_ids"]
+    assert ids[-1] == 1 and 2 not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == target
+    code = "def f(x):\n    if x:\n        return x"
+    pieces = tok.convert_ids_to_tokens(tok(code)["input_ids"])
+    assert pieces.count("\u2581\u21b5") == 2  # one piece per line break, indentation dropped
+    assert check_tokenizer(tmp / "tok", read_texts(out, "validation") + read_texts(out)) == 0
+    again = build_tokenizer(out, tmp / "tok2", vocab_size=200, seed=0)
+    assert again == record
+    assert (tmp / "tok2" / "tokenizer.json").read_bytes() == (tmp / "tok" / "tokenizer.json").read_bytes()
