@@ -373,6 +373,9 @@ def _write_atomically(out_dir: Path, files: dict[str, str]) -> None:
     (a previous ``out_dir`` is moved aside first and removed after), so readers never see half a corpus."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the corpus is not
     try:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
