@@ -104,7 +104,8 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
         for p in group["params"]:
             base.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p),
                              "exp_avg_sq": torch.zeros_like(p)}
-    meta = {"method": "nash", "family": family.name, "teacher": str(TOKENIZER), "kept_decoder_layers": kept,
+    meta = {"method": "nash", "label": "nash", "distill": True, "deterministic": "global", "family": family.name,
+            "teacher": str(TOKENIZER), "kept_decoder_layers": kept,
             "target_sparsity": cfg.prune.target_sparsity, "student_config": student.config.to_dict(),
             "teacher_config": teacher_config.to_dict()}
     with torch.device("meta"):

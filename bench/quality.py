@@ -38,17 +38,21 @@ sys.path.insert(0, str(REPO))
 
 from nash_ds.dist import free_port  # noqa: E402
 
-DEFAULT_RECIPES = "nash-k2,nash-k3,sft-k2,cofi-0.5,cofi-0.7"
+DEFAULT_RECIPES = "nash-k2,nash-k3,sft-k2,sftkd-k2,cofi-0.5,cofi-0.7"
 
 
 def recipe_overrides(name: str, *, nash_sparsity: float) -> list[str]:
-    """``run.py`` overrides of one recipe name (nash-k2, sft-k3, cofi-0.6)."""
-    if m := re.fullmatch(r"(nash|sft)-k(\d+)", name):
+    """``run.py`` overrides of one recipe name (nash-k2, sft-k3 (cross-entropy only), sftkd-k2 (SFT distilling
+    from the teacher), cofi-0.6)."""
+    if m := re.fullmatch(r"(nash|sft|sftkd)-k(\d+)", name):
         method, k = m.group(1), int(m.group(2))
-        return [f"prune.method={method}", f"prune.decoder_layers={k}", f"prune.target_sparsity={nash_sparsity}"]
+        extra = ["prune.sft_distill=true"] if method == "sftkd" else []
+        return [f"prune.method={method.removesuffix('kd')}", f"prune.decoder_layers={k}",
+                f"prune.target_sparsity={nash_sparsity}", *extra]
     if m := re.fullmatch(r"cofi-(0?\.\d+)", name):
         return ["prune.method=cofi", f"prune.target_sparsity={float(m.group(1))}"]
-    raise ValueError(f"unknown recipe {name!r}: use nash-k<K>, sft-k<K> or cofi-<sparsity> (e.g. nash-k2, cofi-0.6)")
+    raise ValueError(f"unknown recipe {name!r}: use nash-k<K>, sft-k<K>, sftkd-k<K> or cofi-<sparsity> "
+                     "(e.g. nash-k2, cofi-0.6)")
 
 
 def run_stage(stage: str, overrides: list[str], *, ranks: int, log: Path) -> float:
@@ -89,7 +93,7 @@ def link_teacher(recipe_dir: Path, teacher_model: Path) -> None:
 def label_of(recipe: str) -> str:
     """nash-k2 -> NASH k=2, cofi-0.6 -> CoFi s=0.6 (the table's and the plot's names)."""
     method, _, arg = recipe.partition("-")
-    name = {"nash": "NASH", "sft": "SFT", "cofi": "CoFi"}[method]
+    name = {"nash": "NASH", "sft": "SFT", "sftkd": "SFT+KD", "cofi": "CoFi"}[method]
     return f"{name} k={arg[1:]}" if arg.startswith("k") else f"{name} s={arg}"
 
 
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-steps", type=int, default=150, help="final fine-tune steps per recipe")
     p.add_argument("--sparsity-warmup", type=int, default=None,
                    help="prune.sparsity_warmup_steps (default: the config's, capped at prune steps / 2)")
-    p.add_argument("--final-distill", action="store_true", help="distil from the teacher in the final fine-tune")
+    p.add_argument("--final-distill", choices=("true", "false"), default="true",
+                   help="pipeline.final_distill: distil the teacher's logits in the final fine-tune (the default)")
     p.add_argument("--ranks", type=int, default=1, help="processes per stage (2+: deepspeed launcher, CPU gloo)")
     p.add_argument("--ds-config", default="ds_configs/zero0_fp32.json", help="train.ds_config of every stage")
     p.add_argument("--task", default="demo", help="data.task")
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 *common, f"output_dir={rdir}", f"model.name_or_path={args.model}", *overrides,
                 f"prune.sparsity_warmup_steps={max(1, warmup)}", f"pipeline.prune_max_steps={args.prune_steps}",
                 f"pipeline.final_max_steps={args.final_steps}",
-                f"pipeline.final_distill={str(args.final_distill).lower()}", "pipeline.evaluate=false"],
+                f"pipeline.final_distill={args.final_distill}", "pipeline.evaluate=false"],
                 ranks=args.ranks, log=rdir / "pipeline.log")
     models = {"teacher": teacher_model}
     for recipe in recipes:

@@ -153,6 +153,23 @@ def return_freed_memory_to_os() -> None:
 
 
 @torch.no_grad()
+def full_fp32_values(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """Whole fp32 values of trained parameters as the optimizer's masters hold them (collective under
+    ZeRO-1/2/3: every rank must call it with the same list); the parameter itself without a DeepSpeed
+    optimizer wrapper (ZeRO-0 fp32). See ``clamp_trained_`` for why the masters are not the model's tensors."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = []
+    for p in params:
+        value = None
+        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):  # joined by every rank, fragment or not
+            value = safe_get_full_fp32_param(p)
+        out.append(value.detach().float().reshape(getattr(p, "ds_shape", p.shape)) if value is not None
+                   else p.detach().float())
+    return out
+
+
+@torch.no_grad()
 def clamp_trained_(params: list[nn.Parameter], lo: float, hi: float) -> None:
     """Clamp trained parameters in place: the optimizer's fp32 masters and the model's tensors alike.
 

@@ -123,6 +123,9 @@ class TrainConfig:
     """Recompute activations in backward (large models)."""
     distill: bool = False
     """Final fine-tune only: add logit KD from prune.teacher (weights and temperature from distill)."""
+    eval_at_start: bool = False
+    """Evaluate the starting model at step 0 and let it compete for the best checkpoint (the pipeline's final
+    fine-tune does: it can then never publish a model worse than the one it started from)."""
 
 
 @dataclass
@@ -173,6 +176,12 @@ class PruneConfig:
     """Learning rate of log_alpha."""
     lambda_lr: float = 0.1
     """Learning rate of the Lagrange multipliers (gradient ascent)."""
+    sft_distill: bool = False
+    """sft only: distil from the teacher (logit KD + hidden states, weights from distill) instead of plain
+    cross-entropy (DistilBART's shrink-and-fine-tune is CE only); results are labelled sft+kd."""
+    deterministic: str = "global"
+    """How deterministic masks round the expected zeros: global (once per mask type over all layers) or
+    per_layer (CoFi's rule: each layer apart)."""
 
 
 @dataclass
@@ -250,8 +259,12 @@ class PipelineConfig:
     """Fine-tune the pruned export (stage directory 'final')."""
     final_max_steps: int | None = 200
     """train.max_steps for the final fine-tune (None: train.max_steps)."""
-    final_distill: bool = False
-    """Distil from the teacher during the final fine-tune."""
+    final_lr: float | None = None
+    """Peak lr of the final fine-tune (None: train.lr)."""
+    final_warmup_steps: int = 10
+    """Warm-up steps of the final fine-tune (short: the model is already trained)."""
+    final_distill: bool = True
+    """Distil the teacher's logits during the final fine-tune (as DistilBART and CoFi do after pruning)."""
     evaluate: bool = True
     """Evaluate teacher and pruned model side by side and print the table."""
 
@@ -432,6 +445,13 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"prune.decoder_selection must be uniform, low or high, got {p.decoder_selection!r}")
     if isinstance(p.decoder_layers, int) and p.decoder_layers < 1:
         raise ValueError(f"prune.decoder_layers must be >= 1 (k of L decoder layers), got {p.decoder_layers}")
+    pl = cfg.pipeline
+    if pl.final_lr is not None and not pl.final_lr > 0:
+        raise ValueError(f"pipeline.final_lr must be > 0 (or null for train.lr), got {pl.final_lr}")
+    if pl.final_warmup_steps < 0:
+        raise ValueError(f"pipeline.final_warmup_steps must be >= 0, got {pl.final_warmup_steps}")
+    if p.deterministic not in ("global", "per_layer"):
+        raise ValueError(f"prune.deterministic must be global or per_layer, got {p.deterministic!r}")
     if not 0.0 < p.droprate_init < 1.0:
         raise ValueError(f"prune.droprate_init must be in (0, 1), got {p.droprate_init}")
     if cfg.distill.temperature <= 0:

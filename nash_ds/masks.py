@@ -32,6 +32,7 @@ the trained weights unchanged, and the expected size at these masks is exactly t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,9 @@ LOG_ALPHA_MIN = math.log(1e-2)
 LOG_ALPHA_MAX = math.log(1e2)
 
 METHODS = ("nash", "cofi")
+DETERMINISTIC_RULES = ("global", "per_layer")
+"""How deterministic masks round the expected zeros: once per mask type over all layers (default), or
+per layer (CoFi's rule)."""
 SITES = {"encoder": ("encoder", "self"), "decoder_self": ("decoder", "self"),
          "decoder_cross": ("decoder", "cross")}
 """Attention sites: name -> (stack, kind)."""
@@ -72,6 +76,30 @@ def log_alpha_mean(droprate: float) -> float:
     return math.log(1.0 - droprate) - math.log(droprate)
 
 
+def prob_zero(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z = 0) = sigmoid(beta * log(-l / r) - log_alpha), in fp32."""
+    return torch.sigmoid(BETA * math.log(-LIMIT_L / LIMIT_R) - log_alpha.float())
+
+
+@torch.no_grad()
+def deterministic_gates(log_alpha: torch.Tensor, *, rule: str = "global") -> torch.Tensor:
+    """0 for the round(sum P(z=0)) units with the smallest log_alpha, 1 for the rest ([rows, units]).
+
+    ``rule="global"`` rounds once over the whole block (all layers of one mask type): with few units
+    per layer (4-16 heads) rounding every row biases the total (4 heads at P(z=0) = 0.3 each round to
+    1 of 4 = 25%, every layer). ``rule="per_layer"`` rounds each row apart (CoFi's rule).
+    """
+    la = log_alpha.float()
+    rows = [la] if rule == "global" else list(la)
+    out = []
+    for row in rows:
+        num_zeros = int(torch.round(prob_zero(row).sum()))
+        z = torch.ones(row.numel(), dtype=torch.float32, device=la.device)
+        z[torch.argsort(row.flatten(), stable=True)[:num_zeros]] = 0.0
+        out.append(z.view_as(row))
+    return out[0] if rule == "global" else torch.stack(out)
+
+
 class HardConcrete(nn.Module):
     """A [rows, units] block of hard-concrete gates; rows are layers.
 
@@ -81,8 +109,11 @@ class HardConcrete(nn.Module):
     """
 
     def __init__(self, rows: int, units: int, *, init_mean: float, init_std: float = 0.01,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, rule: str = "global"):
         super().__init__()
+        if rule not in DETERMINISTIC_RULES:
+            raise ValueError(f"deterministic rule must be one of {DETERMINISTIC_RULES}, got {rule!r}")
+        self.rule = rule
         self.log_alpha = nn.Parameter(torch.empty(rows, units))
         with torch.no_grad():
             self.log_alpha.normal_(init_mean, init_std, generator=generator)
@@ -111,20 +142,12 @@ class HardConcrete(nn.Module):
 
     def prob_zero(self) -> torch.Tensor:
         """P(z = 0) = sigmoid(beta * log(-l / r) - log_alpha)."""
-        return torch.sigmoid(BETA * math.log(-LIMIT_L / LIMIT_R) - self.log_alpha.float())
+        return prob_zero(self.log_alpha)
 
     @torch.no_grad()
-    def deterministic(self) -> torch.Tensor:
-        """0 for the round(sum P(z=0)) units with the smallest log_alpha in the whole block, 1 for the rest.
-
-        One rounding per mask type, not per layer: with few units per layer (4-16 heads) rounding
-        every row biases the total (4 heads at P(z=0) = 0.3 each round to 1 of 4 = 25%, every layer).
-        """
-        la = self.log_alpha.float()
-        num_zeros = int(torch.round(self.prob_zero().sum()))
-        z = torch.ones(la.numel(), dtype=torch.float32, device=la.device)
-        z[torch.argsort(la.flatten(), stable=True)[:num_zeros]] = 0.0
-        return z.view_as(la)
+    def deterministic(self, log_alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """The 0/1 gates of ``deterministic_gates`` (from ``log_alpha``, default this block's own)."""
+        return deterministic_gates(self.log_alpha if log_alpha is None else log_alpha, rule=self.rule)
 
     @torch.no_grad()
     def clamp_(self, lo: float = LOG_ALPHA_MIN, hi: float = LOG_ALPHA_MAX) -> None:
@@ -137,7 +160,7 @@ class MaskSet(nn.Module):
 
     def __init__(self, family: Family, config: Any, *, method: str = "nash", droprate_init: float = 0.5,
                  coarse_log_alpha_init: float = 10.0, teacher_config: Any = None,
-                 teacher_prunable_params: int | None = None, seed: int | None = None):
+                 teacher_prunable_params: int | None = None, seed: int | None = None, deterministic: str = "global"):
         """``config``: the student's (decoder already cut). The whole-model sparsity is measured against
         the teacher's prunable params (``teacher_prunable_params`` or counted from ``teacher_config``;
         default: the student's dense count), so the decoder cut shows in it."""
@@ -171,7 +194,8 @@ class MaskSet(nn.Module):
         if method == "cofi":
             shapes["hidden"] = (1, self.d_model, fine)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.gates = nn.ModuleDict({name: HardConcrete(rows, units, init_mean=mean, generator=gen)
+        self.deterministic_rule = deterministic
+        self.gates = nn.ModuleDict({name: HardConcrete(rows, units, init_mean=mean, generator=gen, rule=deterministic)
                                     for name, (rows, units, mean) in shapes.items()})
         self._current: dict[str, torch.Tensor] | None = None
 
@@ -215,9 +239,18 @@ class MaskSet(nn.Module):
                                "(call `maskset()` first)")
         return self._current
 
-    def deterministic_masks(self) -> dict[str, torch.Tensor]:
-        """0/1 masks the finalizer prunes with (see module docstring)."""
-        return self._gate_values("deterministic")
+    def deterministic_masks(self, log_alphas: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """0/1 masks the finalizer prunes with (see module docstring); from ``log_alphas`` (gate name ->
+        values, e.g. the optimizer's fp32 masters) when given, else from the parameters."""
+        if log_alphas is None:
+            return self._gate_values("deterministic")
+        return {name: self._natural(name, gate.deterministic(log_alphas[name])) for name, gate in self.gates.items()}
+
+    def set_current(self, masks: dict[str, torch.Tensor]) -> None:
+        """Make the hooks apply ``masks`` (e.g. deterministic masks from the fp32 masters)."""
+        if set(masks) != set(self.gates):
+            raise ValueError(f"masks must have exactly the keys {self.names}, got {sorted(masks)}")
+        self._current = masks
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -453,13 +486,14 @@ class Masking:
 
     @classmethod
     def build(cls, family: Family, config: Any, *, method: str, droprate_init: float, teacher_config: Any,
-              mask_state: dict[str, torch.Tensor] | None = None) -> Masking:
+              deterministic: str = "global", mask_state: dict[str, torch.Tensor] | None = None) -> Masking:
         """The lifecycle of ``method`` (nash / cofi learn masks, sft none) for a student of ``config``;
-        ``mask_state``: tensors of ``split_state`` to load (the finalizer)."""
+        ``deterministic``: the rounding rule of deterministic masks; ``mask_state``: tensors of
+        ``split_state`` to load (the finalizer)."""
         maskset = None
         if method in METHODS:
             maskset = MaskSet(family, config, method=method, droprate_init=droprate_init,
-                              teacher_config=teacher_config)
+                              teacher_config=teacher_config, deterministic=deterministic)
             if mask_state is not None:
                 maskset.load_state_dict(mask_state)
         return cls(family, config, maskset)
@@ -476,6 +510,30 @@ class Masking:
             from nash_ds.compat import clamp_trained_
 
             clamp_trained_(list(self.maskset.parameters()), LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    def master_log_alphas(self) -> dict[str, torch.Tensor]:
+        """Every log_alpha as the optimizer's fp32 master holds it (collective under ZeRO): the values the
+        checkpoint stores and the finalizer reads, also when the model's copy is bf16."""
+        from nash_ds.compat import full_fp32_values
+
+        names = list(self.maskset.gates)
+        return dict(zip(names, full_fp32_values([self.maskset.gates[n].log_alpha for n in names])))
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        """Evaluate the masked model as the finalizer will build it: the hooks apply the deterministic
+        masks of the fp32 masters (collective). Yields those masks ({} without masks)."""
+        if self.maskset is None:
+            yield {}
+            return
+        masks = self.maskset.deterministic_masks(self.master_log_alphas())
+        was_training = self.maskset.training
+        self.maskset.eval()
+        self.maskset.set_current(masks)
+        try:
+            yield masks
+        finally:
+            self.maskset.train(was_training)
 
     # 3
     @staticmethod

@@ -169,6 +169,12 @@ class Trainer:
         engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
         self.engine = engine
         start, best = self._resume(engine)
+        if start == 0 and t.eval_at_start:  # the starting model competes for best: training cannot make it worse
+            metrics = self.evaluate(engine)
+            self._log(0, {f"eval/{k}": v for k, v in metrics.items()})
+            log.info("step 0 (the starting model): %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            best = self._update_best(best, 0, metrics)
+            self.save(engine, 0, best)
         progress = None
         if dist.is_rank_zero():
             from tqdm.auto import tqdm

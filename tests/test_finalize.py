@@ -65,7 +65,8 @@ def test_export_param_count_equals_report_and_mask_expectation(preset, method):
     teacher, family, masked, masks, pruned, plan = _finalized(preset, method, kept, seed=2)
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
                           masking=Masking(family, masked.config, masks),
-                          meta={"method": method, "family": family.name, "teacher": "t"}, tag="step-1",
+                          meta={"method": method, "label": method, "distill": True, "deterministic": "global",
+                                "family": family.name, "teacher": "t"}, tag="step-1",
                           diff=0.0, atol=1e-4)
     counted = prunable(pruned)
     assert report["params"]["pruned"]["total"] == sum(p.numel() for p in pruned.parameters())
@@ -81,7 +82,7 @@ def test_export_param_count_equals_report_and_mask_expectation(preset, method):
         assert sparsity["decoder"] == pytest.approx(0.5, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["tiny-t5", "tiny-t5-v1_1", "tiny-bart"])
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-t5-v1_1", "tiny-bart", "tiny-mt5", "tiny-mbart"])
 def test_keep_all_plan_reports_zero_sparsity_with_tied_or_untied_heads(name):
     teacher = tiny_model(name)
     family = family_for(teacher)
@@ -89,7 +90,8 @@ def test_keep_all_plan_reports_zero_sparsity_with_tied_or_untied_heads(name):
     masking = Masking(family, student.config, None)  # sft: the plan keeps everything
     pruned, plan = pruned_from_masks(student, masking=masking, kept=[0, 1, 2, 3])
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
-                          masking=masking, meta={"method": "sft", "family": family.name, "teacher": "t"},
+                          masking=masking, meta={"method": "sft", "label": "sft", "distill": False,
+                                "deterministic": "global", "family": family.name, "teacher": "t"},
                           tag="step-1", diff=0.0, atol=1e-4)
     assert report["sparsity_vs_teacher"] == {"encoder": 0.0, "decoder": 0.0, "model": 0.0, "total_params": 0.0}
 

@@ -305,3 +305,52 @@ def test_maskset_layout_and_errors():
         MaskSet(fam, model.config, droprate_init=1.0)
     with pytest.raises(ValueError, match="keys"):
         nash.expected_params({"encoder_heads": torch.ones(4, 4)})
+
+
+# ---------------------------------------------------------------------- deterministic masks
+def test_per_layer_rule_rounds_each_layer_and_global_rounds_once():
+    from nash_ds.masks import BETA, deterministic_gates, prob_zero
+
+    # 3 layers x 4 heads, each head at P(z=0) ~= 0.3: per layer round(1.2) = 1 zero each (3 of 12 = 25%),
+    # globally round(3.6) = 4 zeros (33%, nearer the expected 30%)
+    c = BETA * math.log(-LIMIT_L / LIMIT_R)  # P(z=0) = sigmoid(c - log_alpha)
+    la = torch.full((3, 4), c - math.log(0.3 / 0.7)) + torch.linspace(-1e-3, 1e-3, 12).view(3, 4)
+    assert torch.allclose(prob_zero(la), torch.full((3, 4), 0.3), atol=1e-3)
+    per_layer = deterministic_gates(la, rule="per_layer")
+    assert per_layer.sum(dim=1).tolist() == [3.0, 3.0, 3.0]
+    assert (per_layer == 0).nonzero()[:, 1].tolist() == [0, 0, 0]  # each layer drops its smallest log_alpha
+    glob = deterministic_gates(la, rule="global")
+    assert int((glob == 0).sum()) == 4
+    assert glob.flatten()[:4].tolist() == [0.0] * 4  # the 4 smallest overall
+
+
+def test_maskset_uses_its_rule_and_the_report_can_say_which():
+    model = tiny_model("tiny-t5")
+    fam = family_for(model)
+    for rule in ("global", "per_layer"):
+        ms = MaskSet(fam, model.config, method="nash", deterministic=rule)
+        assert ms.deterministic_rule == rule and all(g.rule == rule for g in ms.gates.values())
+    with pytest.raises(ValueError, match="per_layer"):
+        MaskSet(fam, model.config, method="nash", deterministic="by_magic")
+
+
+def test_evaluation_masks_come_from_the_fp32_values_not_a_bf16_copy():
+    """Under bf16 the model's log_alpha is rounded; evaluation must use the fp32 masters, as finalize does."""
+    from nash_ds.masks import Masking
+
+    model = tiny_model("tiny-t5")
+    fam = family_for(model)
+    ms = MaskSet(fam, model.config, method="nash")
+    with torch.no_grad():  # four encoder heads whose order only fp32 can tell apart
+        ms.gates["encoder_heads"].log_alpha.copy_(torch.tensor([[1.001, 1.002, 1.003, 1.004]] * 4) - 3.0)
+    masters = {n: g.log_alpha.detach().clone() for n, g in ms.gates.items()}
+    from_fp32 = ms.deterministic_masks(masters)
+    ms.to(torch.bfloat16)  # the model's copy, as a bf16 DeepSpeed engine holds it
+    from_bf16 = ms.deterministic_masks()
+    assert not torch.equal(from_bf16["encoder_heads"], from_fp32["encoder_heads"])  # bf16 would score other masks
+    masking = Masking(fam, model.config, ms)
+    masking.master_log_alphas = lambda: masters  # what compat.full_fp32_values returns under DeepSpeed
+    with masking.evaluation() as masks:
+        assert all(torch.equal(masks[k], from_fp32[k]) for k in masks)
+        assert all(torch.equal(ms.current[k], from_fp32[k]) for k in masks)  # what the hooks apply
+    assert ms.training

@@ -19,7 +19,7 @@ def _stamps(out) -> dict[str, int]:
 def test_pipeline_runs_every_stage_on_two_ranks_and_writes_the_table(tmp_path):
     out = tmp_path / "demo"
     args = [f"output_dir={out}", "train.max_steps=12", "train.eval_every=0", "train.micro_batch_size=8",
-            "prune.sparsity_warmup_steps=6", "pipeline.final_distill=true", "evaluate.repeats=1",
+            "prune.sparsity_warmup_steps=6", "evaluate.repeats=1",
             "evaluate.warmup=1", *FAST]
     run_nash("pipeline", *args, ranks=2, timeout=900)
     for stage in ("finetune", "final", "finalize"):
@@ -44,11 +44,15 @@ def test_pipeline_runs_every_stage_on_two_ranks_and_writes_the_table(tmp_path):
     # the closing table: teacher and pruned side by side, counted from the models themselves
     table = json.loads((out / "evaluate" / "report.json").read_text())
     rows = {r["model"]: r for r in table["rows"]}
+    assert list(rows) == ["teacher", "finalize", "final"]  # the finalize export and the final model side by side
     assert rows["teacher"]["params"] == sum(p.numel() for p in teacher.parameters())
-    assert rows["pruned"]["params"] == sum(p.numel() for p in final.parameters())
+    assert rows["final"]["params"] == rows["finalize"]["params"] == sum(p.numel() for p in final.parameters())
     assert rows["teacher"]["speedup"] == 1.0 and rows["teacher"]["quality_kept"] == 100.0
-    assert rows["pruned"]["decoder_layers"] == 2
-    assert (out / "evaluate" / "report.md").read_text().count("| pruned | nash |") == 1
+    assert rows["final"]["decoder_layers"] == rows["finalize"]["decoder_layers"] == 2
+    assert rows["final"]["method"] == rows["finalize"]["method"] == "nash"
+    assert (out / "evaluate" / "report.md").read_text().count("| final | nash |") == 1
+    # the final fine-tune evaluated its start (the finalize export) and published the better of start and end
+    assert rows["final"]["value"] >= rows["finalize"]["value"] - 1e-9
 
     # a second run finds every stage finished: it changes no file, and reuses the evaluation
     before = _stamps(out)

@@ -96,6 +96,10 @@ def test_checkpoints_of_any_zero_stage_finalize_and_match_the_masked_model(zero_
     # independent route to the masked model: the prune stage's own export of student + masks
     student = AutoModelForSeq2SeqLM.from_pretrained(out / "prune" / "model" / "student").eval()
     teacher = AutoModelForSeq2SeqLM.from_pretrained(teacher_dir)
+    # the report's totals are what the loaded models hold
+    n_teacher, n_export = (sum(p.numel() for p in m.parameters()) for m in (teacher, exported))
+    assert report["params"]["teacher"]["total"] == n_teacher
+    assert report["sparsity_vs_teacher"]["total_params"] == pytest.approx(1 - n_export / n_teacher, abs=1e-12)
     family = family_for(student)
     masks = MaskSet(family, student.config, method="nash", teacher_config=teacher.config)
     masks.load_state_dict(_log_alphas(out))

@@ -59,15 +59,16 @@ def param_counts(model) -> dict:
 
 
 def method_of(path: str | Path, name: str) -> str:
-    """dense / nash / cofi / sft from a pruning_report.json beside the model (or the run's finalize/)."""
+    """dense / nash / cofi / sft / sft+kd: the label in a pruning_report.json beside the model (or the
+    run's finalize/), "dense" for a finetune stage's model, else ``name``."""
     p = Path(path)
     beside, finalize = p.parent / "pruning_report.json", p.parent.parent / "finalize" / "pruning_report.json"
-    if beside.is_file():
-        return str(json.loads(beside.read_text()).get("method", name))
+    report = beside if beside.is_file() else finalize if p.parent.name == "final" and finalize.is_file() else None
+    if report is not None:
+        r = json.loads(report.read_text())
+        return str(r.get("label", r.get("method", name)))
     if p.parent.name == "finetune":
         return "dense"
-    if p.parent.name == "final" and finalize.is_file():  # the final fine-tune of the finalize export
-        return str(json.loads(finalize.read_text()).get("method", name))
     return name
 
 

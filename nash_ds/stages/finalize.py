@@ -137,7 +137,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     del student_state
     kept = list(meta["kept_decoder_layers"])
     masking = Masking.build(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
-                            teacher_config=teacher_config, mask_state=mask_state)
+                            teacher_config=teacher_config, deterministic=meta["deterministic"], mask_state=mask_state)
     plan = masking.finalize(student, kept)  # the student is now the masked model
 
     # self-check on real batches of the task: the masked model first, then the pruned one
@@ -175,6 +175,9 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
     s = sparsity_of(ours, teacher_params)
     report = {
         "method": meta["method"],
+        "label": meta["label"],
+        "distill": meta["distill"],
+        "deterministic": meta["deterministic"],
         "family": meta["family"],
         "teacher": meta["teacher"],
         "checkpoint_tag": tag,

@@ -2,7 +2,10 @@
 
 A stage whose output is already finished is skipped, so a pipeline that stopped (or was
 preempted) picks up where it was; ``overwrite=true`` reruns everything. At the end rank 0
-prints a table a person can read: teacher vs pruned, metric, parameters, generation time.
+logs a table a person can read: the teacher, the finalize export and the final model side by side
+(metric, parameters, generation time). The final fine-tune distils the teacher's logits, has its own
+lr and a short warm-up, and evaluates its starting model at step 0: the published model is never
+worse on the validation metric than the finalize export it started from.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ def _stage_cfgs(cfg: RunConfig) -> dict[str, RunConfig]:
     final.model.tokenizer = None
     final.prune.teacher = str(out / "finetune" / "model")
     final.train.max_steps = p.final_max_steps or cfg.train.max_steps
+    final.train.lr = p.final_lr or cfg.train.lr
     final.train.distill = p.final_distill
     final.train.eval_every = min(cfg.train.eval_every, final.train.max_steps) if cfg.train.eval_every else 0
-    final.train.warmup_steps = min(cfg.train.warmup_steps, final.train.max_steps)
+    final.train.warmup_steps = min(p.final_warmup_steps, final.train.max_steps)
+    final.train.eval_at_start = True  # the finalize export competes: the final model is never worse on eval
     return {"finetune": fin, "prune": prune, "finalize": prune, "final": final}
 
 
@@ -66,13 +71,15 @@ def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict:
         results[name] = fn(cfgs[name], stage_dir=common.stage_dir(cfg, name))
         times[name] = time.perf_counter() - t0
         dist.barrier()
-    pruned = out / ("final" if cfg.pipeline.final_finetune else "finalize") / "model"
     table = None
     if cfg.pipeline.evaluate:
         from nash_ds.stages import evaluate
 
-        table = evaluate.compare(cfg, models={"teacher": out / "finetune" / "model", "pruned": pruned},
-                                 reference=out / "finetune" / "model", stage_dir=common.stage_dir(cfg, "evaluate"))
+        models = {"teacher": out / "finetune" / "model", "finalize": out / "finalize" / "model"}
+        if cfg.pipeline.final_finetune:
+            models["final"] = out / "final" / "model"
+        table = evaluate.compare(cfg, models=models, reference=out / "finetune" / "model",
+                                 stage_dir=common.stage_dir(cfg, "evaluate"))
     log.info("stage times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     if table:
         log.info("\n%s", table)

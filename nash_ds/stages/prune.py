@@ -95,6 +95,7 @@ class PruneTask:
 
     def __init__(self, module: PruneModule, *, masking: Masking, cfg: RunConfig, tokenizer, teacher,
                  teacher_family, meta: dict):
+        """``teacher``: the frozen teacher to distil from, or None (CE only: sft without sft_distill)."""
         self.module = module
         self.masking = masking
         self.cfg = cfg
@@ -102,8 +103,9 @@ class PruneTask:
         self.teacher = teacher
         self.method = cfg.prune.method
         self.meta = meta
-        self.t_enc = BlockOutputs(teacher_family.layers(teacher, "encoder"))
-        self.t_dec = BlockOutputs(teacher_family.layers(teacher, "decoder"))
+        if teacher is not None:
+            self.t_enc = BlockOutputs(teacher_family.layers(teacher, "encoder"))
+            self.t_dec = BlockOutputs(teacher_family.layers(teacher, "decoder"))
 
     def param_groups(self) -> list[dict]:
         m, p = self.module, self.cfg.prune
@@ -120,8 +122,7 @@ class PruneTask:
         return groups
 
     def _teacher_outputs(self, batch) -> dict | None:
-        d = self.cfg.distill
-        if d.kd_weight == 0 and d.hidden_weight == 0:
+        if self.teacher is None:
             return None
         with torch.no_grad():
             out = self.teacher(**batch)
@@ -140,14 +141,13 @@ class PruneTask:
         return engine.module.student
 
     def eval_context(self, engine):
-        return _DeterministicMasks(engine.module.masks)
+        return self.masking.evaluation()  # the deterministic masks of the fp32 masters, as finalize builds them
 
     def eval_extras(self, engine) -> dict:
-        masks = engine.module.masks
-        if masks is None:
+        if self.masking.maskset is None:
             return {}
-        with dist.gathered(list(masks.parameters())):
-            det = masks.deterministic_sparsity()
+        with self.masking.evaluation() as masks:
+            det = self.masking.maskset.expected_sparsity(masks)
         return {f"sparsity/{k}": float(v) for k, v in det.items()}
 
     def eligible_for_best(self, metrics: dict) -> bool:
@@ -161,10 +161,11 @@ class PruneTask:
         masks = engine.module.masks
         if masks is None:
             return {}
+        det = masks.deterministic_masks(self.masking.master_log_alphas())  # what finalize would build now
         with dist.gathered(list(masks.parameters())):
             summary = masks.summary()
-            det = masks.deterministic_masks()
             alive = masks.alive_probabilities()
+        summary.update({f"deterministic_sparsity/{k}": float(v) for k, v in masks.expected_sparsity(det).items()})
         for name, z in det.items():
             if z.ndim == 2:  # [layers, units]: units kept per layer
                 for i, kept in enumerate(z.sum(dim=1).tolist()):
@@ -187,23 +188,6 @@ class PruneTask:
             if mask_state:
                 save_file({k: v.contiguous() for k, v in mask_state.items()}, str(tmp / "masks.safetensors"))
             (tmp / ckpt.META_FILE).write_text(json.dumps(self.meta, indent=1))
-
-
-class _DeterministicMasks:
-    """Evaluation with the masks the finalizer will apply (collective under ZeRO-3)."""
-
-    def __init__(self, masks):
-        self.masks = masks
-
-    def __enter__(self):
-        if self.masks is not None:
-            self.was_training = self.masks.training
-            self.masks.eval()
-            self.masks()  # sets the deterministic gates the hooks read
-
-    def __exit__(self, *exc):
-        if self.masks is not None:
-            self.masks.train(self.was_training)
 
 
 def build_student(cfg: RunConfig, teacher, family, ds: dict, kept: list[int]):
@@ -269,6 +253,20 @@ def _check_student_family(cfg: RunConfig, family) -> None:
                          "the teacher with its decoder cut)")
 
 
+def distills(cfg: RunConfig) -> bool:
+    """Whether the prune stage distils from the teacher: nash and cofi always (the method), sft only with
+    ``prune.sft_distill`` (DistilBART's shrink-and-fine-tune is cross-entropy only); and only with a
+    non-zero KD or hidden-state weight."""
+    d = cfg.distill
+    asked = cfg.prune.method != "sft" or cfg.prune.sft_distill
+    return asked and (d.kd_weight > 0 or d.hidden_weight > 0)
+
+
+def method_label(cfg: RunConfig) -> str:
+    """The name results are shown under: nash, cofi, sft, or sft+kd (sft distilling from the teacher)."""
+    return "sft+kd" if cfg.prune.method == "sft" and distills(cfg) else cfg.prune.method
+
+
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.data import Seq2SeqCollator, build_datasets
     from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model
@@ -294,17 +292,22 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     student = build_student(cfg, teacher, family, ds, kept)
     log.info("prune: student keeps teacher decoder layers %s, %s", kept,
              "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher")
+    if cfg.train.gradient_checkpointing:  # the student's blocks; the teacher runs without grad anyway
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        log.info("prune: gradient checkpointing on the student")
     data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     masking = Masking.build(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
-                            teacher_config=teacher.config)
+                            teacher_config=teacher.config, deterministic=cfg.prune.deterministic)
     masking.attach(student)
     module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept)
-    meta = {"method": cfg.prune.method, "family": family.name, "teacher": teacher_src,
-            "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
-            "student_config": student.config.to_dict(), "teacher_config": teacher.config.to_dict(),
-            "teacher_params": count_params(teacher, family)}
-    teacher = dist.inference_engine(teacher, ds=ds)
+    distill = distills(cfg)
+    meta = {"method": cfg.prune.method, "label": method_label(cfg), "distill": distill, "family": family.name,
+            "teacher": teacher_src, "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
+            "deterministic": cfg.prune.deterministic, "student_config": student.config.to_dict(),
+            "teacher_config": teacher.config.to_dict(), "teacher_params": count_params(teacher, family)}
+    # the teacher runs as a frozen engine only to distil from; a CE-only student lets go of it here
+    teacher = dist.inference_engine(teacher, ds=ds) if distill else None
     common.open_stage_dir(cfg, stage_dir)
     if dist.is_rank_zero():
         ckpt.write_meta(stage_dir / "checkpoints", meta)
