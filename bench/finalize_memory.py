@@ -107,7 +107,7 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
     meta = {"method": "nash", "label": "nash", "distill": True, "deterministic": "global", "family": family.name,
             "teacher": str(TOKENIZER), "kept_decoder_layers": kept,
             "target_sparsity": cfg.prune.target_sparsity, "student_config": student.config.to_dict(),
-            "teacher_config": teacher_config.to_dict()}
+            "teacher_config": teacher_config.to_dict(), "latency": None}
     with torch.device("meta"):
         meta["teacher_params"] = count_params(family.from_config(teacher_config), family)
     ckpt_dir = out / "checkpoints"

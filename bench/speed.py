@@ -37,31 +37,17 @@ from nash_ds.models import family_for, select_decoder_layers
 from nash_ds.models.pruning import is_remote, prune_model
 from nash_ds.plan import PruningPlan
 
-SHAPES = {
-    "t5-base": {"model_type": "t5", "d_model": 768, "num_heads": 12, "d_kv": 64, "d_ff": 3072,
-                "num_layers": 12, "num_decoder_layers": 12, "vocab_size": 32128, "feed_forward_proj": "relu"},
-    "bart-large": {"model_type": "bart", "d_model": 1024, "encoder_attention_heads": 16,
-                   "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096,
-                   "encoder_layers": 12, "decoder_layers": 12, "vocab_size": 50265},
-    "tiny-t5": {"model_type": "t5", "d_model": 64, "num_heads": 4, "d_kv": 16, "d_ff": 128, "num_layers": 4,
-                "num_decoder_layers": 4, "vocab_size": 256, "feed_forward_proj": "relu"},
-    "tiny-bart": {"model_type": "bart", "d_model": 64, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
-                  "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "encoder_layers": 4, "decoder_layers": 4,
-                  "vocab_size": 256},
-}
-"""Model shapes (random weights); t5-base and bart-large are the paper's."""
+SHAPES = ("t5-base", "bart-large", "tiny-t5", "tiny-bart")
+"""Model shapes (random weights): t5-base and bart-large are the paper's (``nash_ds.models.SHAPES``), the
+tiny ones the presets (vocab 256)."""
 
 
 def dense_model(shape: str, *, seed: int):
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from nash_ds.models import family_for, named_shape_config, preset_config
 
-    kwargs = dict(SHAPES[shape])
-    model_type = kwargs.pop("model_type")
-    ids = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0} if model_type == "t5" else \
-        {"pad_token_id": 1, "eos_token_id": 2, "bos_token_id": 0, "decoder_start_token_id": 2}
-    config = AutoConfig.for_model(model_type, **kwargs, **ids)
+    config = preset_config(shape, vocab_size=256) if shape.startswith("tiny-") else named_shape_config(shape)
     torch.manual_seed(seed)
-    return AutoModelForSeq2SeqLM.from_config(config).eval()
+    return family_for(config).from_config(config).eval()
 
 
 def encoder_sizes(family, config) -> tuple[int, int, int, int, int]:

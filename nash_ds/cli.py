@@ -26,6 +26,7 @@ STAGES = {
     "evaluate": "nash_ds.stages.evaluate",
     "pipeline": "nash_ds.stages.pipeline",
     "estimate": "nash_ds.stages.estimate",
+    "profile": "nash_ds.stages.profile",
 }
 """Stage name -> module with ``run(cfg, *, stage_dir)``."""
 

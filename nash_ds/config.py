@@ -25,7 +25,7 @@ DEMO_DIR = PACKAGE_DIR / "demo"
 class ModelConfig:
     """Which model to start from."""
 
-    name_or_path: str = "preset:tiny-t5"
+    name_or_path: str = "preset:demo-t5"
     """Hub name (t5-large, facebook/bart-large), local HF directory, or preset:<name> (random init)."""
     tokenizer: str | None = None
     """Tokenizer hub name or directory; None uses name_or_path (presets use the demo tokenizer)."""
@@ -162,8 +162,9 @@ class PruneConfig:
     """nash, cofi or sft."""
     teacher: str = "runs/demo/finetune/model"
     """Fine-tuned dense model (HF directory or hub name); the student starts as its copy."""
-    decoder_layers: int | list[int] = 2
-    """k, the decoder layers kept (nash, sft), or an explicit list of teacher layer indices."""
+    decoder_layers: int | list[int] | None = None
+    """k, the decoder layers kept (nash, sft), or an explicit list of teacher layer indices; None: 2, or with
+    target_speedup the largest k whose target is reachable."""
     decoder_selection: str = "uniform"
     """uniform (NASH), low or high; ignored when decoder_layers is a list."""
     target_sparsity: float = 0.3
@@ -176,6 +177,14 @@ class PruneConfig:
     """Learning rate of log_alpha."""
     lambda_lr: float = 0.1
     """Learning rate of the Lagrange multipliers (gradient ascent)."""
+    target_speedup: float | None = None
+    """nash only: prune to a generation speedup X over the teacher instead of a parameter sparsity; the
+    Lagrangian holds the expected latency (a measured latency model, see latency_profile) at 1/X."""
+    latency_profile: str | None = None
+    """latency.json of 'run.py profile' for the teacher's shape (measured on the deployment machine); None:
+    profiled on the spot on rank 0 with the evaluate settings (cached in <output_dir>/profile/)."""
+    max_encoder_sparsity: float = 0.6
+    """With target_speedup: the most encoder pruning counted on when choosing k."""
     sft_distill: bool = False
     """sft only: distil from the teacher (logit KD + hidden states, weights from distill) instead of plain
     cross-entropy (DistilBART's shrink-and-fine-tune is CE only); results are labelled sft+kd."""
@@ -248,6 +257,15 @@ class EstimateConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """``run.py profile``: the latency model of a model shape on this machine (timing settings from evaluate.*)."""
+
+    model: str | None = None
+    """Hub name, directory, preset:<name> or named shape (t5-base, bart-large, ...) to profile (random weights
+    of its shape); None: prune.teacher when it exists, else model.name_or_path."""
+
+
+@dataclass
 class PipelineConfig:
     """What ``pipeline`` runs after finetune -> prune -> finalize."""
 
@@ -289,6 +307,7 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -443,6 +462,15 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"prune.target_sparsity must be in [0, 1), got {p.target_sparsity}")
     if p.decoder_selection not in ("uniform", "low", "high"):
         raise ValueError(f"prune.decoder_selection must be uniform, low or high, got {p.decoder_selection!r}")
+    if p.target_speedup is not None:
+        if p.method != "nash":
+            raise ValueError(f"prune.target_speedup is for prune.method=nash (encoder masks + decoder cut), got "
+                             f"prune.method={p.method}; set prune.target_sparsity for {p.method}")
+        if not p.target_speedup > 1.0 or p.target_speedup != p.target_speedup or p.target_speedup == float("inf"):
+            raise ValueError(f"prune.target_speedup must be a number > 1 (e.g. 2.0 for twice as fast), got "
+                             f"{p.target_speedup}")
+    if not 0.0 <= p.max_encoder_sparsity < 1.0:
+        raise ValueError(f"prune.max_encoder_sparsity must be in [0, 1), got {p.max_encoder_sparsity}")
     if isinstance(p.decoder_layers, int) and p.decoder_layers < 1:
         raise ValueError(f"prune.decoder_layers must be >= 1 (k of L decoder layers), got {p.decoder_layers}")
     pl = cfg.pipeline

@@ -221,7 +221,8 @@ class MaskSet(nn.Module):
         """Current masks (sampled in train mode, deterministic in eval mode), stored for the hooks.
 
         Returns the mask tensors under their keys plus "expected_sparsity" and "expected_params"
-        (differentiable, from the alive probabilities), computed here so ZeRO-3 has log_alpha whole.
+        (differentiable, from the alive probabilities) and "alive" (the probabilities, per mask), computed
+        here so ZeRO-3 has log_alpha whole.
         """
         masks, alive = {}, {}
         for name, gate in self.gates.items():
@@ -229,7 +230,7 @@ class MaskSet(nn.Module):
             masks[name], alive[name] = self._natural(name, z), self._natural(name, a)
         self._current = masks
         expected = self._expected(alive)
-        return {**masks, "expected_params": expected, "expected_sparsity": self._sparsity(expected)}
+        return {**masks, "expected_params": expected, "expected_sparsity": self._sparsity(expected), "alive": alive}
 
     @property
     def current(self) -> dict[str, torch.Tensor]:

@@ -34,18 +34,12 @@ GiB = 2**30
 
 def model_config(name: str):
     """A transformers config for a named shape, preset, local directory or (cached) hub name."""
-    from nash_ds.models import SHAPES, load_config, named_shape_config, preset_config
+    from nash_ds.models import config_of
 
-    config = named_shape_config(name)
-    if config is not None:
-        return config
-    if name.startswith("preset:"):
-        return preset_config(name[len("preset:"):])
     try:
-        return load_config(name)
+        return config_of(name)
     except ValueError as e:
-        raise ValueError(f"estimate.model {name!r}: not a named shape ({', '.join(sorted(SHAPES))}), preset or "
-                         f"readable HF config: {e}") from e
+        raise ValueError(f"estimate.model {e}") from e
 
 
 def meta_model(config) -> torch.nn.Module:

@@ -15,7 +15,10 @@ from nash_ds.dist import free_port  # noqa: F401 - the one free-port helper, re-
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
-# small and fast: tiny model, short sequences, a handful of steps
+TINY = "model.name_or_path=preset:tiny-t5"
+"""The 4+4-layer tiny T5 (the demo's default is the 8+8 demo-t5): put it first, so later overrides win."""
+
+# small and fast: short sequences, a handful of steps
 FAST = ["data.max_train_samples=256", "data.max_eval_samples=16", "train.log_every=1",
         "generation.max_new_tokens=8", "generation.eval_batch_size=16"]
 

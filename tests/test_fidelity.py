@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import FAST, load_weights, run_nash, scalars
+from tests.helpers import FAST, TINY, load_weights, run_nash, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_a_final_fine_tune_that_only_hurts_publishes_its_starting_model(tmp_path
     model is exactly the one it started from, and its metric is the best one seen. (The validation loss is
     the metric here: a weak start's ROUGE can lose to a wrecked model's lucky words; its loss cannot.)"""
     out = tmp_path / "demo"
-    run_nash("finetune", f"output_dir={out}", "train.max_steps=30", "train.eval_every=0",
+    run_nash("finetune", f"output_dir={out}", TINY, "train.max_steps=30", "train.eval_every=0",
              "train.ds_config=ds_configs/zero0_fp32.json", *FAST)
     start = out / "finetune" / "model"
     final = tmp_path / "final"

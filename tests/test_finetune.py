@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, load_weights, run_nash, scalars
+from tests.helpers import FAST, TINY, load_weights, run_nash, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def _shm_buffers() -> set[str]:
 def test_two_ranks_lower_the_loss_and_export_loads(tmp_path, zero):
     out = tmp_path / f"zero{zero}"
     shm_before = _shm_buffers()
-    run_nash("finetune", f"output_dir={out}", f"train.ds_config=ds_configs/zero{zero}_fp32.json",
+    run_nash("finetune", f"output_dir={out}", TINY, f"train.ds_config=ds_configs/zero{zero}_fp32.json",
              "train.max_steps=40", "train.eval_every=0", "train.micro_batch_size=8", "train.warmup_steps=5",
              *FAST, ranks=2)
     # DeepSpeed's CPU all-reduce buffers (66 MB of RAM per rank) do not outlive the run
@@ -85,7 +85,7 @@ def test_zero3_two_ranks_matches_zero0_one_rank_accumulated(tmp_path):
 
 
 def test_stopped_and_resumed_run_ends_where_uninterrupted_run_ends(tmp_path):
-    common = ["train.max_steps=6", "train.eval_every=0", "train.save_every=2", "train.micro_batch_size=4",
+    common = [TINY, "train.max_steps=6", "train.eval_every=0", "train.save_every=2", "train.micro_batch_size=4",
               "train.ds_config=ds_configs/zero2_fp32.json", *FAST]
     full, part = tmp_path / "full", tmp_path / "part"
     run_nash("finetune", f"output_dir={full}", *common, ranks=2)

@@ -226,7 +226,7 @@ def test_load_model_errors(tmp_path):
 
 
 def test_presets_are_tiny():
-    assert set(PRESETS) == {"tiny-t5", "tiny-t5-v1_1", "tiny-bart", "tiny-mt5", "tiny-mbart"}
+    assert set(PRESETS) == {"demo-t5", "tiny-t5", "tiny-t5-v1_1", "tiny-bart", "tiny-mt5", "tiny-mbart"}
     for name in PRESETS:
         assert sum(p.numel() for p in tiny_model(name).parameters()) < 1_000_000
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nash_ds.trainer import build_optimizer
-from tests.helpers import FAST, REPO, load_weights, run_nash, scalars
+from tests.helpers import FAST, REPO, TINY, load_weights, run_nash, scalars
 
 
 def _offload_config(tmp_path, zero: int) -> str:
@@ -67,7 +67,7 @@ def test_cpu_adam_steps_equal_torch_adamw_per_group():
 @pytest.mark.parametrize("zero", [2, 3])
 def test_offloaded_optimizer_trains_like_torch_adamw_on_two_ranks(tmp_path, zero):
     """ZeRO-Offload on the CPU accelerator: the trainer uses CPU Adam, and the model equals plain ZeRO's."""
-    common = ["train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=4", "train.lr=1e-3",
+    common = [TINY, "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=4", "train.lr=1e-3",
               "train.warmup_steps=0", "train.weight_decay=0.1", *FAST]
     a, b = tmp_path / "offload", tmp_path / "plain"
     ra = run_nash("finetune", f"output_dir={a}", f"train.ds_config={_offload_config(tmp_path, zero)}", *common,

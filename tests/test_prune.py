@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import FAST, load_weights, run_nash, scalars
+from tests.helpers import FAST, TINY, load_weights, run_nash, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def test_finalize_rejects_missing_corrupt_and_foreign_checkpoints(zero_runs, tmp
 def test_nash_reaches_its_encoder_target_and_distillation_losses_fall(tmp_path):
     """On the demo task with a fine-tuned teacher: sparsity within 0.02 of target, KD and hidden losses fall."""
     out = tmp_path / "demo"
-    run_nash("finetune", f"output_dir={out}", "train.max_steps=60", "train.eval_every=0",
+    run_nash("finetune", f"output_dir={out}", TINY, "train.max_steps=60", "train.eval_every=0",
              "train.ds_config=ds_configs/zero0_fp32.json", *FAST)
     run_nash("prune", f"output_dir={out}", f"prune.teacher={out}/finetune/model", "train.max_steps=120",
              "train.eval_every=0", "prune.sparsity_warmup_steps=50", "prune.target_sparsity=0.3",

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import load_weights, scalars
+from tests.helpers import TINY, load_weights, scalars
 from tests.slurm_helpers import REPO, cluster_problem, submit, wait_done, wait_until
 
 sys.path.insert(0, str(REPO / "launch"))
@@ -24,7 +24,7 @@ from make_hostfile import env_file_text, expand_nodelist, hostfile_text
 
 # One 2-rank fine-tune (ZeRO-2, gloo): ~40 s of work here; a checkpoint every 2 steps so that a
 # preemption lands mid-run with a checkpoint to resume from.
-RUN = ["finetune", "train.max_steps=30", "train.eval_every=0", "train.save_every=2", "train.micro_batch_size=4",
+RUN = ["finetune", TINY, "train.max_steps=30", "train.eval_every=0", "train.save_every=2", "train.micro_batch_size=4",
        "train.ds_config=ds_configs/zero2_fp32.json", "train.log_every=1", "data.max_train_samples=256",
        "data.max_eval_samples=16", "generation.max_new_tokens=8", "generation.eval_batch_size=16"]
 JOB_TIMEOUT_S = 420

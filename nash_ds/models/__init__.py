@@ -18,7 +18,7 @@ from .mbart import MBartFamily
 from .mt5 import MT5Family
 from .t5 import T5Family
 
-__all__ = ["FAMILIES", "Family", "STACKS", "PRESETS", "count_params", "family_for", "kept_decoder_layers",
+__all__ = ["FAMILIES", "Family", "STACKS", "PRESETS", "config_of", "count_params", "family_for", "kept_decoder_layers",
            "load_model", "named_shape_config", "preset_config", "select_decoder_layers", "validate_kept_layers",
            "supported_model_types"]
 
@@ -106,6 +106,21 @@ def named_shape_config(name: str) -> Any | None:
         return None
     kwargs = dict(SHAPES[key])
     return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+
+
+def config_of(name: str) -> Any:
+    """The config of a named shape (t5-base, bart-large, hub aliases), ``preset:<name>``, local directory or
+    (cached) hub name; ValueError naming the choices otherwise."""
+    config = named_shape_config(name)
+    if config is not None:
+        return config
+    if name.startswith("preset:"):
+        return preset_config(name[len("preset:"):])
+    try:
+        return load_config(name)
+    except ValueError as e:
+        raise ValueError(f"{name!r} is not a named shape ({', '.join(sorted(SHAPES))}), a preset "
+                         f"({', '.join(sorted(PRESETS))}) or a readable HF config: {e}") from e
 
 
 def _looks_local(path: str) -> bool:

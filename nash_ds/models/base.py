@@ -84,13 +84,19 @@ def select_decoder_layers(num_layers: int, k: int, rule: str | Sequence[int]) ->
     return kept
 
 
-def kept_decoder_layers(prune_cfg: Any, num_decoder_layers: int) -> list[int]:
-    """Teacher decoder layers the student keeps, from a PruneConfig (cofi keeps them all)."""
+DEFAULT_DECODER_LAYERS = 2
+"""k when prune.decoder_layers is not given and no speed target chooses it."""
+
+
+def kept_decoder_layers(prune_cfg: Any, num_decoder_layers: int, *, k: int | None = None) -> list[int]:
+    """Teacher decoder layers the student keeps, from a PruneConfig (cofi keeps them all); ``k`` (chosen for a
+    speed target) applies when the config gives none."""
     if prune_cfg.method == "cofi":
         return list(range(num_decoder_layers))
     if isinstance(prune_cfg.decoder_layers, list):
         return select_decoder_layers(num_decoder_layers, len(prune_cfg.decoder_layers), prune_cfg.decoder_layers)
-    return select_decoder_layers(num_decoder_layers, prune_cfg.decoder_layers, prune_cfg.decoder_selection)
+    k = prune_cfg.decoder_layers or k or DEFAULT_DECODER_LAYERS
+    return select_decoder_layers(num_decoder_layers, k, prune_cfg.decoder_selection)
 
 
 def distinct_modules(modules: Sequence[nn.Module | None]) -> list[nn.Module]:

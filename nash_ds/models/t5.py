@@ -54,6 +54,10 @@ class T5Family(Family):
     export_model_type = "nash_t5"
     presets = {
         "tiny-t5": dict(model_type="t5", feed_forward_proj="relu", **_TINY),
+        # the demo's: 8+8 layers, so that decoder depth dominates generation time as in real T5 (transformers
+        # 5.24 sizes T5's generation cache by the encoder's depth: keep the decoder no deeper than the encoder)
+        "demo-t5": dict(model_type="t5", feed_forward_proj="relu",
+                        **{**_TINY, "num_layers": 8, "num_decoder_layers": 8}),
         "tiny-t5-v1_1": dict(model_type="t5", feed_forward_proj="gated-gelu", tie_word_embeddings=False, **_TINY),
     }
     shapes = {

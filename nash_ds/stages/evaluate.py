@@ -58,18 +58,22 @@ def param_counts(model) -> dict:
     return count_params(model, family_for(model.config))
 
 
-def method_of(path: str | Path, name: str) -> str:
-    """dense / nash / cofi / sft / sft+kd: the label in a pruning_report.json beside the model (or the
-    run's finalize/), "dense" for a finetune stage's model, else ``name``."""
+def pruning_report_of(path: str | Path) -> dict | None:
+    """The pruning_report.json beside a model (finalize/model), or the run's finalize report for the final
+    fine-tune of its export (final/model, the same widths); None for other models."""
     p = Path(path)
     beside, finalize = p.parent / "pruning_report.json", p.parent.parent / "finalize" / "pruning_report.json"
     report = beside if beside.is_file() else finalize if p.parent.name == "final" and finalize.is_file() else None
+    return None if report is None else json.loads(report.read_text())
+
+
+def method_of(path: str | Path, name: str) -> str:
+    """dense / nash / cofi / sft / sft+kd: the label of the model's pruning report, "dense" for a finetune
+    stage's model, else ``name``."""
+    report = pruning_report_of(path)
     if report is not None:
-        r = json.loads(report.read_text())
-        return str(r.get("label", r.get("method", name)))
-    if p.parent.name == "finetune":
-        return "dense"
-    return name
+        return str(report.get("label", report.get("method", name)))
+    return "dense" if Path(path).parent.name == "finetune" else name
 
 
 # --------------------------------------------------------------------------- task metric
@@ -133,7 +137,9 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
     loaded, details = {}, {}
     for name, path in paths.items():
         model = latency.prepare_model(load_for_eval(path), device=device, dtype=dtype)
+        report = pruning_report_of(path)
         details[name] = {"path": str(path), "method": method_of(path, name), "class": type(model).__name__,
+                         "predicted_speedup": None if report is None else report.get("predicted_speedup"),
                          "params": param_counts(model), **task_metrics(model, tokenizer, cfg, eval_set)}
         loaded[name] = model
     ref_params = None
@@ -167,9 +173,12 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
             "batch_size": first["batch_size"], "num_beams": first["num_beams"],
             "encoder_ms": first["encoder_ms"], "decoder_ms_per_token": first["decoder_ms_per_token"],
             "generate_ms": first["generate_ms"], "speedup": first["speedup"],
+            "predicted_speedup": d["predicted_speedup"],
             "device": first["device"], "dtype": first["dtype"],
             "eval_generate_s": d["eval_generate_s"],
         })
+    if any(r["predicted_speedup"] is not None for r in rows):  # the baseline is 1x by definition
+        rows[0]["predicted_speedup"] = rows[0]["predicted_speedup"] or 1.0
     return {"rows": rows, "models": details, "metric": metric, "baseline": base_name,
             "reference": None if reference is None else str(reference)}
 
@@ -183,14 +192,15 @@ def markdown(result: dict, cfg: RunConfig) -> str:
              f"exactly {e.latency_new_tokens} out, median of {e.repeats} after {e.warmup} warm-up, "
              f"{first['device']} / {first['dtype']}; speedup vs {result['baseline']}."), "",
              (f"| model | method | {result['metric']} | kept % | params (M) | dec. layers | enc. sparsity | "
-             "generate ms | decoder ms/token | encoder ms | speedup |"),
-             "|" + "|".join(["---"] * 11) + "|"]
+             "generate ms | decoder ms/token | encoder ms | speedup | predicted speedup |"),
+             "|" + "|".join(["---"] * 12) + "|"]
     for r in result["rows"]:
         sp = "" if r["sparsity_encoder"] is None else f"{r['sparsity_encoder']:.3f}"
         kept = "" if r["quality_kept"] is None else f"{r['quality_kept']:.1f}"
+        predicted = "" if r.get("predicted_speedup") is None else f"{r['predicted_speedup']:.2f}x"
         lines.append(f"| {r['model']} | {r['method']} | {r['value']:.2f} | {kept} | "
                      f"{r['params'] / 1e6:.2f} | {r['decoder_layers']} | {sp} | {r['generate_ms']:.1f} | "
-                     f"{r['decoder_ms_per_token']:.2f} | {r['encoder_ms']:.1f} | {r['speedup']:.2f}x |")
+                     f"{r['decoder_ms_per_token']:.2f} | {r['encoder_ms']:.1f} | {r['speedup']:.2f}x | {predicted} |")
     lines += ["", "All latency rows:", "", ("| model | batch | beams | generate ms | decoder ms/token | encoder ms | "
               "tokens/s | speedup |"), "|" + "|".join(["---"] * 8) + "|"]
     for name, d in result["models"].items():
@@ -215,7 +225,7 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
         writer = SummaryWriter(str(tmp / "tensorboard"))
         for row in result["rows"]:
             for key in ("value", "quality_kept", "params", "generate_ms", "decoder_ms_per_token", "encoder_ms",
-                        "speedup", "sparsity_encoder", "sparsity_model"):
+                        "speedup", "predicted_speedup", "sparsity_encoder", "sparsity_model"):
                 if row[key] is not None:
                     writer.add_scalar(f"{row['model']}/{key}", float(row[key]), 0)
         writer.add_text("report", markdown(result, cfg), 0)

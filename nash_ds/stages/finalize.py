@@ -200,6 +200,16 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
     if masking.maskset is not None:
         report["mask_expected_prunable_params"] = {k: int(round(float(v)))
                                                    for k, v in masking.maskset.deterministic_params().items()}
+    if meta["latency"] is not None:  # the run's latency model: what it predicts for this plan
+        from nash_ds.latency_model import LatencyModel
+
+        latency = meta["latency"]
+        model = LatencyModel.from_dict(latency["profile"])
+        predicted = model.plan_ms(plan)
+        report.update(predicted_speedup=predicted["predicted_speedup"], target_speedup=latency["target_speedup"],
+                      predicted_ms={k: v for k, v in predicted.items() if k.endswith("_ms")} | {
+                          "dense_generate_ms": model.dense_ms()},
+                      latency_profile=model.describe())
     return report
 
 

@@ -22,6 +22,7 @@ from nash_ds.config import RunConfig
 from nash_ds.distill import BlockOutputs, identity_linear, kd_loss, masked_mse
 from nash_ds.lagrangian import Lagrangian, target_sparsity
 from nash_ds.masks import Masking
+from nash_ds.models.base import DEFAULT_DECODER_LAYERS
 from nash_ds.stages import common
 from nash_ds.trainer import model_param_groups
 
@@ -38,8 +39,12 @@ class PruneModule(nn.Module):
     The attribute names ``student`` and ``masks`` are the prefixes ``Masking.split_state`` reads.
     """
 
-    def __init__(self, student, *, family, masking: Masking, cfg: RunConfig, kept_decoder_layers: list[int]):
+    def __init__(self, student, *, family, masking: Masking, cfg: RunConfig, kept_decoder_layers: list[int],
+                 latency=None):
+        """``latency``: a ``LatencyTarget`` (nash with target_speedup): the Lagrangian then holds the expected
+        latency at 1/X of the dense model's instead of the encoder's parameter sparsity at its target."""
         super().__init__()
+        self.latency = latency
         self.student = student
         self.masks = masking.maskset
         self.lagrangian = Lagrangian() if self.masks is not None else None
@@ -59,12 +64,21 @@ class PruneModule(nn.Module):
         if self.masks is not None:
             stats = self.masks()  # samples the gates the hooks apply; ZeRO-3 gathers log_alpha here
             expected = stats["expected_sparsity"]
-            target = target_sparsity(step, final=self.cfg.prune.target_sparsity,
-                                     warmup_steps=self.cfg.prune.sparsity_warmup_steps)
-            penalty = self.lagrangian(expected[self.target_key], target)
+            warmup = self.cfg.prune.sparsity_warmup_steps
+            if self.latency is not None and self.latency.target_speedup is not None:
+                alive = stats["alive"]
+                frac = self.latency.expected_fraction(alive["encoder_heads"], alive["encoder_ffn"])
+                target = self.latency.fraction_target(step, warmup)
+                penalty = self.lagrangian(frac, target)
+                logs.update({"expected_speedup": self.latency.speedup_at(_num(frac)),
+                             "target_speedup": self.latency.speedup_at(target)})
+            else:
+                target = target_sparsity(step, final=self.cfg.prune.target_sparsity, warmup_steps=warmup)
+                penalty = self.lagrangian(expected[self.target_key], target)
+                logs["target_sparsity"] = target
             loss = loss + penalty
-            logs.update({"lagrangian": _num(penalty), "target_sparsity": target,
-                         **{f"expected_sparsity/{k}": _num(v) for k, v in expected.items()}})
+            logs["lagrangian"] = _num(penalty)
+            logs.update({f"expected_sparsity/{k}": _num(v) for k, v in expected.items()})
         out = self.student(**batch)
         d = self.cfg.distill
         if teacher is None or (d.kd_weight == 0 and d.hidden_weight == 0):
@@ -148,12 +162,22 @@ class PruneTask:
             return {}
         with self.masking.evaluation() as masks:
             det = self.masking.maskset.expected_sparsity(masks)
-        return {f"sparsity/{k}": float(v) for k, v in det.items()}
+        extras = {f"sparsity/{k}": float(v) for k, v in det.items()}
+        if self.module.latency is not None:
+            extras["predicted_speedup"] = self.module.latency.predicted_speedup(masks["encoder_heads"],
+                                                                                masks["encoder_ffn"])
+        return extras
 
     def eligible_for_best(self, metrics: dict) -> bool:
-        """Only checkpoints whose deterministic sparsity reached the target (within 0.02) can be best."""
+        """Only checkpoints whose deterministic masks reached the target can be best: the sparsity within 0.02,
+        or with target_speedup a predicted speedup from 2% below to 5% above the target (an overshoot during the
+        warm-up is faster than asked, and usually worse)."""
         if self.module.masks is None:
             return True
+        latency = self.module.latency
+        if latency is not None and latency.target_speedup is not None:
+            x = latency.target_speedup
+            return 0.98 * x <= metrics.get("predicted_speedup", 0.0) <= 1.05 * x
         key = f"sparsity/{self.module.target_key}"
         return metrics.get(key, 0.0) >= self.cfg.prune.target_sparsity - 0.02
 
@@ -166,6 +190,9 @@ class PruneTask:
             summary = masks.summary()
             alive = masks.alive_probabilities()
         summary.update({f"deterministic_sparsity/{k}": float(v) for k, v in masks.expected_sparsity(det).items()})
+        if self.module.latency is not None:
+            summary["predicted_speedup"] = self.module.latency.predicted_speedup(det["encoder_heads"],
+                                                                                 det["encoder_ffn"])
         for name, z in det.items():
             if z.ndim == 2:  # [layers, units]: units kept per layer
                 for i, kept in enumerate(z.sum(dim=1).tolist()):
@@ -253,6 +280,35 @@ def _check_student_family(cfg: RunConfig, family) -> None:
                          "the teacher with its decoder cut)")
 
 
+def latency_target(cfg: RunConfig, config, *, num_decoder_layers: int):
+    """The ``LatencyTarget`` of a run with ``prune.target_speedup`` or ``prune.latency_profile`` (None without):
+    the profile (read, or measured on rank 0 with the evaluate settings and cached in <output_dir>/profile/) and
+    the decoder depth k (the given one, checked, or the largest that can reach the target)."""
+    from nash_ds.latency_model import LatencyModel, LatencyTarget, load_profile, profile
+
+    p = cfg.prune
+    if p.target_speedup is None and p.latency_profile is None:
+        return None
+    if p.latency_profile is not None:
+        model = load_profile(p.latency_profile, config=config)
+    else:
+        cache = Path(cfg.output_dir) / "profile" / "latency.json"
+        model = LatencyModel.from_dict(dist.on_rank_zero(
+            lambda: profile(config, cfg.evaluate, seed=cfg.seed, cache=cache).to_dict()))
+    given = len(p.decoder_layers) if isinstance(p.decoder_layers, list) else p.decoder_layers
+    if model.num_decoder_layers != num_decoder_layers:
+        raise ValueError(f"prune.latency_profile has {model.num_decoder_layers} decoder layers but the teacher "
+                         f"{num_decoder_layers}; profile the teacher's shape ('run.py profile')")
+    if p.target_speedup is None:
+        return LatencyTarget(model=model, k=given or DEFAULT_DECODER_LAYERS, target_speedup=None)
+    k = model.choose_k(p.target_speedup, max_encoder_sparsity=p.max_encoder_sparsity, k=given)
+    target = LatencyTarget(model=model, k=k, target_speedup=p.target_speedup)
+    log.info("prune: target speedup %.2fx: k=%d decoder layers%s; the decoder cut alone gives %.2fx (%s)",
+             p.target_speedup, k, "" if given else " (the largest that reaches it)",
+             target.cut_speedup, model.describe())
+    return target
+
+
 def distills(cfg: RunConfig) -> bool:
     """Whether the prune stage distils from the teacher: nash and cofi always (the method), sft only with
     ``prune.sft_distill`` (DistilBART's shrink-and-fine-tune is cross-entropy only); and only with a
@@ -288,7 +344,9 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     family = family_for(teacher.config)
     family.check_prunable(teacher.config)
     _check_student_family(cfg, family)
-    kept = kept_decoder_layers(cfg.prune, family.num_layers(teacher.config, "decoder"))
+    num_decoder_layers = family.num_layers(teacher.config, "decoder")
+    latency = latency_target(cfg, teacher.config, num_decoder_layers=num_decoder_layers)
+    kept = kept_decoder_layers(cfg.prune, num_decoder_layers, k=None if latency is None else latency.k)
     student = build_student(cfg, teacher, family, ds, kept)
     log.info("prune: student keeps teacher decoder layers %s, %s", kept,
              "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher")
@@ -300,12 +358,13 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     masking = Masking.build(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
                             teacher_config=teacher.config, deterministic=cfg.prune.deterministic)
     masking.attach(student)
-    module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept)
+    module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept, latency=latency)
     distill = distills(cfg)
     meta = {"method": cfg.prune.method, "label": method_label(cfg), "distill": distill, "family": family.name,
             "teacher": teacher_src, "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
             "deterministic": cfg.prune.deterministic, "student_config": student.config.to_dict(),
-            "teacher_config": teacher.config.to_dict(), "teacher_params": count_params(teacher, family)}
+            "teacher_config": teacher.config.to_dict(), "teacher_params": count_params(teacher, family),
+            "latency": None if latency is None else latency.to_dict()}
     # the teacher runs as a frozen engine only to distil from; a CE-only student lets go of it here
     teacher = dist.inference_engine(teacher, ds=ds) if distill else None
     common.open_stage_dir(cfg, stage_dir)
