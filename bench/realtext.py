@@ -1,0 +1,344 @@
+"""Real text: quality kept against speedup on code summarization, NASH vs SFT vs CoFi, with seeds.
+
+The task is CodeSearchNet / CodeT5's (a Python function's code -> the first sentence of its
+docstring), built offline from the installed packages' source (``bench/docstring_corpus.py``), with a
+sentencepiece tokenizer trained on its train split (``bench/realtext_tokenizer.py``). Every step runs
+through ``run.py`` as users run it, resumably (a finished stage or recipe is skipped):
+
+1. corpus and tokenizer (built once into ``<out>/corpus`` and ``<out>/tokenizer``);
+2. the teacher: a T5 v1.1-shaped model (gated-GELU, untied head; 6+6 layers, d_model 128) initialised
+   at random and fine-tuned from scratch (``run.py finetune``) -> ``<out>/teacher/finetune/model``;
+3. the recipes, each ``run.py pipeline`` (prune -> finalize -> final fine-tune) in
+   ``<out>/<recipe>-s<seed>/`` with the teacher linked in:
+   NASH k = 1, 2, 3 of 6 at encoder sparsity 0.3 and k = 2 at 0.5, NASH with ``target_speedup`` 2x,
+   SFT (cross-entropy only) k = 1, 2, 3, SFT+KD k = 2, and CoFi at the sparsity whose measured speedup
+   matches NASH k=2's (found from two CoFi probes, interpolated); NASH k=2, SFT k=2 and CoFi matched
+   with 3 seeds, the others with one;
+4. one evaluation in this process (``nash_ds.stages.evaluate.compare_rows``): every final model and the
+   teacher on the test split (ROUGE-L, BLEU), parameters, and generation latency timed interleaved
+   (so each speedup and each quality-kept ratio comes from one run), then the table as mean +- std
+   over seeds and the plot ``docs/realtext_quality_vs_speedup.png``.
+
+    python bench/realtext.py --out /work/realtext/bench                      # the whole benchmark (~3 h)
+    python bench/realtext.py --out /work/realtext/bench --evaluate-only      # re-evaluate finished runs
+    python bench/realtext.py --out /tmp/rt --smoke                           # minutes: the same path, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from quality import link_teacher, run_stage  # noqa: E402
+
+SEEDS = (0, 1, 2)
+MAIN = ("nash-k2", "sft-k2", "cofi-matched")
+"""Recipes run with every seed; the others with the first seed only."""
+RECIPES = {
+    "nash-k1": ["prune.method=nash", "prune.decoder_layers=1", "prune.target_sparsity=0.3"],
+    "nash-k2": ["prune.method=nash", "prune.decoder_layers=2", "prune.target_sparsity=0.3"],
+    "nash-k3": ["prune.method=nash", "prune.decoder_layers=3", "prune.target_sparsity=0.3"],
+    "nash-k2-s0.5": ["prune.method=nash", "prune.decoder_layers=2", "prune.target_sparsity=0.5"],
+    "nash-2x": ["prune.method=nash", "prune.target_speedup=2.0"],
+    "sft-k1": ["prune.method=sft", "prune.decoder_layers=1"],
+    "sft-k2": ["prune.method=sft", "prune.decoder_layers=2"],
+    "sft-k3": ["prune.method=sft", "prune.decoder_layers=3"],
+    "sftkd-k2": ["prune.method=sft", "prune.decoder_layers=2", "prune.sft_distill=true"],
+}
+"""Fixed recipes; CoFi's sparsity is found at run time (``cofi-matched``)."""
+LABELS = {"nash": "NASH", "sft": "SFT", "sftkd": "SFT+KD", "cofi": "CoFi"}
+
+
+def teacher_shape(smoke: bool) -> dict:
+    """The T5 v1.1 teacher (6+6 layers keep k = 1, 2, 3 meaningful; the decoder no deeper than the encoder,
+    which transformers 5.24's generation cache needs)."""
+    if smoke:
+        return dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=3)
+    return dict(d_model=128, d_kv=32, num_heads=4, d_ff=512, num_layers=6, num_decoder_layers=6)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def build_inputs(out: Path, *, smoke: bool) -> tuple[Path, Path]:
+    """The corpus and its tokenizer (built once)."""
+    from docstring_corpus import build_corpus
+    from realtext_tokenizer import build_tokenizer
+
+    corpus, tokenizer = out / "corpus", out / "tokenizer"
+    if not (corpus / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        roots = [REPO / "nash_ds"] if smoke else None  # the smoke run: nash-ds's own source, seconds
+        manifest = build_corpus(roots, corpus, seed=0, max_train=600 if smoke else None,
+                                max_eval=60 if smoke else None)
+        print(f"[realtext] corpus {manifest['counts']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not (tokenizer / "tokenizer.json").is_file():
+        build_tokenizer(corpus, tokenizer, vocab_size=300 if smoke else 8000, seed=0)
+        print(f"[realtext] tokenizer -> {tokenizer}", flush=True)
+    return corpus, tokenizer
+
+
+def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0) -> Path:
+    """A random-init T5 v1.1 directory (the teacher's starting point), LM head at std d_model**-0.5 (the
+    preset init's std 1.0 starts the loss at ~50 and costs hundreds of steps to unlearn)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config
+
+    from nash_ds.compat import untie_lm_head
+    from nash_ds.models import family_for
+
+    path = out / "init"
+    if (path / "config.json").is_file():
+        return path
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    shape = teacher_shape(smoke)
+    config = T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=len(tok),
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id, **shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = family_for(config).from_config(config)
+        head = model.get_output_embeddings().weight
+        untie_lm_head(model, torch.randn_like(head) * shape["d_model"] ** -0.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def common_overrides(args, corpus: Path, tokenizer: Path) -> list[str]:
+    s = args.smoke
+    return [f"data.task={corpus}", "data.source_column=code", "data.target_column=docstring",
+            f"data.max_source_length={args.source_length}", "data.max_target_length=32",
+            f"data.max_eval_samples={32 if s else args.val_samples}", f"model.tokenizer={tokenizer}",
+            "train.ds_config=ds_configs/zero0_fp32.json", f"train.micro_batch_size={8 if s else 32}",
+            "generation.max_new_tokens=32", "generation.eval_batch_size=64", "train.log_every=10",
+            f"evaluate.latency_source_length={args.latency_source_length}",
+            f"evaluate.latency_new_tokens={args.latency_new_tokens}", f"evaluate.repeats={1 if s else 5}",
+            f"evaluate.warmup={1 if s else 2}", *args.extra]
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def run_recipe(args, name: str, overrides: list[str], seed: int, *, teacher: Path, common: list[str]) -> Path:
+    """``run.py pipeline`` of one recipe and seed (skipped when finished); returns its final model."""
+    rdir = Path(args.out) / f"{name}-s{seed}"
+    final = rdir / "final" / "model"
+    if (final / "config.json").is_file():
+        print(f"[realtext] {rdir.name} is finished", flush=True)
+        return final
+    link_teacher(rdir, teacher)
+    s = args.smoke
+    run_stage("pipeline", [
+        *common, f"seed={seed}", f"output_dir={rdir}", f"model.name_or_path={teacher}", *overrides,
+        f"pipeline.prune_max_steps={6 if s else args.prune_steps}", f"pipeline.prune_lr={args.prune_lr}",
+        f"prune.sparsity_warmup_steps={3 if s else args.prune_steps // 2}",
+        f"pipeline.final_max_steps={4 if s else args.final_steps}", f"pipeline.final_lr={args.final_lr}",
+        "pipeline.final_warmup_steps=2" if s else "pipeline.final_warmup_steps=5",
+        f"train.eval_every={0 if s else args.prune_steps // 2}", "pipeline.evaluate=false"],
+        ranks=1, log=rdir / "pipeline.log")
+    return final
+
+
+def measure_speedups(models: dict[str, Path], args, common: list[str]) -> dict[str, float]:
+    """Generation speedup of each model over the first, timed interleaved (latency only, no task metric)."""
+    from nash_ds import latency
+    from nash_ds.stages.evaluate import load_for_eval
+
+    loaded = {n: latency.prepare_model(load_for_eval(p), device="cpu", dtype="float32") for n, p in models.items()}
+    rows = latency.measure_many(loaded, batch_size=1, source_length=args.latency_source_length,
+                                new_tokens=args.latency_new_tokens, warmup=1 if args.smoke else 2,
+                                repeats=1 if args.smoke else 5)
+    base = rows[next(iter(models))]["generate_ms"]
+    return {n: base / r["generate_ms"] for n, r in rows.items()}
+
+
+def cofi_sparsity(args, teacher: Path, nash_k2: Path, common: list[str]) -> tuple[float, dict]:
+    """The CoFi sparsity whose measured speedup matches NASH k=2's: two probe runs (seed 0), interpolated."""
+    probes = (0.5, 0.7) if args.smoke else tuple(args.cofi_probes)
+    finals = {s: run_recipe(args, f"cofi-{s:g}", ["prune.method=cofi", f"prune.target_sparsity={s}"], SEEDS[0],
+                            teacher=teacher, common=common) for s in probes}
+    speed = measure_speedups({"teacher": teacher, "nash-k2": nash_k2, **{f"cofi-{s:g}": p for s, p in finals.items()}},
+                             args, common)
+    (a, b), (va, vb), goal = probes, (speed[f"cofi-{probes[0]:g}"], speed[f"cofi-{probes[1]:g}"]), speed["nash-k2"]
+    s = a if abs(vb - va) < 1e-6 else a + (goal - va) * (b - a) / (vb - va)
+    s = round(min(max(s, 0.3), 0.95), 2)
+    info = {"probes": {f"{p:g}": speed[f"cofi-{p:g}"] for p in probes}, "nash_k2_speedup": goal, "matched": s}
+    print(f"[realtext] CoFi probes {info['probes']}, NASH k=2 {goal:.2f}x -> CoFi sparsity {s}", flush=True)
+    return s, info
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def method_of(recipe: str) -> str:
+    return recipe.split("-")[0]
+
+
+def aggregate(result: dict, runs: dict[str, dict[int, str]]) -> list[dict]:
+    """Mean and std over seeds per recipe, from compare_rows' rows (one per model)."""
+    rows = {r["model"]: r for r in result["rows"]}
+    bleu = {n: d["metrics"].get("bleu") for n, d in result["models"].items()}
+    out = []
+    for recipe, seeds in runs.items():
+        rs = [rows[name] for name in seeds.values()]
+
+        def stats(values):
+            values = [v for v in values if v is not None]
+            if not values:
+                return None, None
+            return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+        entry = {"recipe": recipe, "method": rs[0]["method"], "seeds": sorted(seeds), "n": len(rs),
+                 "params": rs[0]["params"], "decoder_layers": rs[0]["decoder_layers"],
+                 "sparsity_encoder": rs[0]["sparsity_encoder"], "sparsity_model": rs[0]["sparsity_model"]}
+        for key, values in (("rougeL", [r["value"] for r in rs]), ("kept", [r["quality_kept"] for r in rs]),
+                            ("bleu", [bleu[n] for n in seeds.values()]), ("speedup", [r["speedup"] for r in rs]),
+                            ("predicted", [r.get("predicted_speedup") for r in rs])):
+            entry[key], entry[f"{key}_std"] = stats(values)
+        out.append(entry)
+    return out
+
+
+def fmt(mean, std, spec: str, suffix: str = "") -> str:
+    if mean is None:
+        return ""
+    return f"{mean:{spec}}{suffix}" + ("" if std is None else f" ± {std:{spec}}")
+
+
+def table(entries: list[dict]) -> str:
+    lines = ["| recipe | method | seeds | ROUGE-L | kept % | BLEU | params (M) | dec. layers | enc. sparsity | "
+             "speedup | predicted |", "|" + "|".join(["---"] * 11) + "|"]
+    for e in entries:
+        enc = "" if e["sparsity_encoder"] is None else f"{e['sparsity_encoder']:.2f}"
+        lines.append(f"| {e['recipe']} | {e['method']} | {e['n']} | {fmt(e['rougeL'], e['rougeL_std'], '.2f')} | "
+                     f"{fmt(e['kept'], e['kept_std'], '.1f')} | {fmt(e['bleu'], e['bleu_std'], '.2f')} | "
+                     f"{e['params'] / 1e6:.2f} | {e['decoder_layers']} | {enc} | "
+                     f"{fmt(e['speedup'], e['speedup_std'], '.2f', 'x')} | {fmt(e['predicted'], None, '.2f', 'x')} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw(entries: list[dict], path: Path, title: str) -> Path:
+    """Quality kept vs measured speedup, one point per recipe, error bars = std over seeds."""
+    from nash_ds.plot import plot_points
+
+    points = [{"method": "dense" if e["recipe"] == "teacher" else e["method"], "label": e["recipe"],
+               "speedup": e["speedup"], "quality_kept": e["kept"], "speedup_std": e["speedup_std"],
+               "quality_kept_std": e["kept_std"], "metric": "rougeL"} for e in entries if e["kept"] is not None]
+    if len(points) < 2:
+        print("[realtext] no plot: the teacher scored 0, so quality kept is undefined", flush=True)
+        return path
+    return plot_points(points, path, title=title)
+
+
+def evaluate(args, teacher: Path, runs: dict[str, dict[int, str]], paths: dict[str, Path], common: list[str],
+             extra: dict) -> dict:
+    import torch
+
+    from nash_ds.config import load_config, to_dict
+    from nash_ds.stages.evaluate import _environment, compare_rows
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(None, [*common, f"model.name_or_path={teacher}", "data.eval_split=test",
+                             f"data.max_eval_samples={16 if args.smoke else args.test_samples}",
+                             "evaluate.device=cpu", f"evaluate.repeats={1 if args.smoke else args.repeats}"])
+    t0 = time.perf_counter()
+    result = compare_rows(cfg, {"teacher": teacher, **paths}, reference=teacher)
+    seconds = time.perf_counter() - t0
+    entries = aggregate(result, {"teacher": {0: "teacher"}, **runs})
+    result.update(config=to_dict(cfg), environment=_environment(), entries=entries, evaluate_s=seconds, **extra)
+    out = Path(args.out)
+    md = table(entries)
+    (out / "realtext.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "realtext.md").write_text(md)
+    plot = draw(entries, Path(args.plot), "code summarization (installed Python source): quality kept vs "
+                f"speedup\n(CPU fp32, batch 1, {args.latency_source_length} tokens in, {args.latency_new_tokens} out; "
+                "error bars: std over seeds)")
+    print("\n" + md + f"\n[realtext] evaluation {seconds:.0f} s; wrote {out / 'realtext.md'}, {plot}", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/realtext")
+    p.add_argument("--smoke", action="store_true", help="a tiny model on nash-ds's own source, a few steps")
+    p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--teacher-lr", type=float, default=1e-3)
+    p.add_argument("--prune-steps", type=int, default=100)
+    p.add_argument("--prune-lr", type=float, default=5e-4)
+    p.add_argument("--final-steps", type=int, default=60)
+    p.add_argument("--final-lr", type=float, default=3e-4)
+    p.add_argument("--source-length", type=int, default=192)
+    p.add_argument("--val-samples", type=int, default=128, help="validation examples scored during training")
+    p.add_argument("--test-samples", type=int, default=600, help="test examples of the final table")
+    p.add_argument("--latency-source-length", type=int, default=128)
+    p.add_argument("--latency-new-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=7, help="timed latency repeats of the final table")
+    p.add_argument("--cofi-probes", type=float, nargs=2, default=(0.7, 0.85))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recipes", default=",".join([*RECIPES, "cofi-matched"]))
+    p.add_argument("--plot", default=str(REPO / "docs" / "realtext_quality_vs_speedup.png"))
+    p.add_argument("--evaluate-only", action="store_true")
+    p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every stage")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # quality.run_stage passes it to the stages
+    t_start = time.perf_counter()
+    corpus, tokenizer = build_inputs(out, smoke=args.smoke)
+    common = common_overrides(args, corpus, tokenizer)
+    teacher_dir = out / "teacher"
+    teacher = teacher_dir / "finetune" / "model"
+    if not (teacher / "config.json").is_file():
+        if args.evaluate_only:
+            raise SystemExit(f"[realtext] {teacher} is missing: run without --evaluate-only first")
+        init = init_teacher(out, tokenizer, smoke=args.smoke)
+        s = args.smoke
+        run_stage("finetune", [*common, "seed=0", f"output_dir={teacher_dir}", f"model.name_or_path={init}",
+                               f"train.max_steps={20 if s else args.teacher_steps}", f"train.lr={args.teacher_lr}",
+                               f"train.warmup_steps={2 if s else 100}", f"train.eval_every={0 if s else 250}",
+                               f"train.save_every={0 if s else 250}"],
+                  ranks=1, log=teacher_dir / "finetune.log")
+    wanted = [r for r in args.recipes.split(",") if r]
+    runs: dict[str, dict[int, str]] = {}
+    paths: dict[str, Path] = {}
+    extra: dict = {}
+    for recipe in [r for r in wanted if r != "cofi-matched"]:
+        for seed in (SEEDS if recipe in MAIN else SEEDS[:1]):
+            name = f"{recipe}-s{seed}"
+            overrides = RECIPES[recipe]
+            if args.smoke and recipe == "nash-2x":  # the 3+3-layer smoke model cannot reach 2x
+                overrides = [*overrides, "prune.target_speedup=1.2"]
+            paths[name] = run_recipe(args, recipe, overrides, seed, teacher=teacher, common=common)
+            runs.setdefault(recipe, {})[seed] = name
+    if "cofi-matched" in wanted:
+        sparsity, extra["cofi_match"] = cofi_sparsity(args, teacher, paths["nash-k2-s0"], common)
+        for seed in SEEDS:
+            name = f"cofi-matched-s{seed}"
+            paths[name] = run_recipe(args, f"cofi-{sparsity:g}", ["prune.method=cofi",
+                                                                  f"prune.target_sparsity={sparsity}"],
+                                     seed, teacher=teacher, common=common)
+            runs.setdefault("cofi-matched", {})[seed] = name
+    extra["train_s"] = time.perf_counter() - t_start
+    extra["manifest"] = json.loads((corpus / "manifest.json").read_text())["counts"]
+    evaluate(args, teacher, runs, paths, common, extra)
+    print(f"[realtext] total {(time.perf_counter() - t_start) / 60:.0f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
