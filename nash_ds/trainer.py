@@ -302,6 +302,12 @@ class Trainer:
         if info.get("method", "finetune") != self.task.method:
             raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
                              f"{self.task.method!r}; use another output_dir")
+        error = None
+        try:  # DeepSpeed's loader unpickles with weights_only=False: every file must load safely first
+            ckpt.verify_loadable(self.ckpt_dir / tag)
+        except ValueError as e:
+            error = e
+        dist.raise_if_any_rank(error)
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})
