@@ -31,6 +31,9 @@ COMPLETE = "COMPLETE"
 META_FILE = "prune_meta.json"
 """Beside a prune stage's checkpoints: method, family, teacher, kept decoder layers, student and teacher
 configs and the teacher's parameter counts (what the finalizer needs besides the tensors)."""
+META_KEYS = ("method", "family", "teacher", "kept_decoder_layers", "student_config", "teacher_config",
+             "teacher_params")
+"""What the finalizer reads from ``META_FILE``."""
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -78,9 +81,17 @@ def read_meta(ckpt_dir: Path) -> dict:
         raise ValueError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
                          "reads the checkpoints of 'run.py prune'")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it is written by 'run.py prune'") from e
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; it is written by 'run.py prune' (rerun the prune stage, "
+                         "or point finalize.checkpoint at the checkpoints of one)")
+    for key in ("student_config", "teacher_config"):
+        if not isinstance(meta[key], dict) or "model_type" not in meta[key]:
+            raise ValueError(f"{path}: {key} must be a model config with a model_type; it is written by 'run.py prune'")
+    return meta
 
 
 def read_info(ckpt_dir: Path, tag: str) -> dict:
@@ -115,7 +126,8 @@ def load_file(path: str | os.PathLike, *, map_location=None):
     except FileNotFoundError as e:
         raise ValueError(f"checkpoint file {path} does not exist") from e
     except Exception as e:  # truncated, empty or not a torch.save file: name it
-        raise ValueError(f"could not read checkpoint file {path} ({type(e).__name__}: {e}); it is truncated or "
+        reason = " ".join(str(e).split())[:160]
+        raise ValueError(f"could not read checkpoint file {path} ({type(e).__name__}: {reason}); it is truncated or "
                          "not a torch.save file") from e
 
 

@@ -34,6 +34,8 @@ log = logging.getLogger("nash_ds.cli")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
+        if "required: stage" in message:  # (argparse also names the optional overrides)
+            message = f"a stage is required first: one of {', '.join(sorted(STAGES))} (e.g. run.py finetune)"
         self.print_usage(sys.stderr)
         self.exit(errors.EXIT_USER_ERROR, f"nash-ds: error: {message}\n")
 
@@ -62,8 +64,17 @@ def _fail(code: int, error: BaseException, *, debug: bool, rank_zero: bool = Tru
     return code
 
 
+def _stage_first(argv: list[str]) -> list[str]:
+    """Overrides may also come before the stage (``run.py train.lr=1e-4 prune``): argparse takes the first
+    positional for the stage, so the first token naming a stage (not an option's value) moves to the front."""
+    for i, token in enumerate(argv):
+        if token in STAGES and (i == 0 or argv[i - 1] not in ("--config", "--log-level")):
+            return [token, *argv[:i], *argv[i + 1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(argv)
+    args = _parser().parse_intermixed_args(_stage_first(list(sys.argv[1:] if argv is None else argv)))
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from nash_ds import log as nash_log

@@ -85,14 +85,20 @@ def step_indices(num_examples: int, *, seed: int, step: int, global_batch: int) 
     Each epoch is a seeded permutation; a global batch never straddles epochs (the tail that
     does not fill one is dropped).
     """
+    check_train_size(num_examples, global_batch=global_batch)
     per_epoch = num_examples // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
-                         f"({global_batch}); lower train.micro_batch_size or train.grad_accum")
     epoch, within = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_examples, generator=g)
     return perm[within * global_batch:(within + 1) * global_batch].tolist()
+
+
+def check_train_size(num_examples: int, *, global_batch: int) -> None:
+    """At least one global batch of training examples (the stages check it before writing anything)."""
+    if num_examples < global_batch:
+        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
+                         f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
+                         "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
 
 
 def micro_slice(indices: list[int], *, micro: int, rank: int, num_ranks: int, micro_step: int) -> list[int]:

@@ -201,9 +201,11 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    if (stage_dir / "model").exists() and not cfg.overwrite:
-        raise ValueError(f"{stage_dir} already holds a finished run ({stage_dir / 'model'} exists); pass "
-                         "overwrite=true to replace it")
+    common.check_not_finished(cfg, stage_dir)
+    common.check_output_dir(cfg, stage_dir)
+    if cfg.finalize.checkpoint is None and not (Path(cfg.output_dir) / "prune" / "checkpoints").exists():
+        raise ValueError(f"{Path(cfg.output_dir) / 'prune' / 'checkpoints'} does not exist: run 'run.py prune' with "
+                         "the same output_dir first, or set finalize.checkpoint=<prune checkpoint directory>")
     report = dist.on_rank_zero(lambda: finalize(cfg, stage_dir=stage_dir))
     s = report["sparsity_vs_teacher"]
     log.info("finalize: %s -> %s; sparsity vs teacher %s; self-check max |dlogit| %.2e", report["export_class"],

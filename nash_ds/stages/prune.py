@@ -274,13 +274,14 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model
     from nash_ds.trainer import Trainer
 
-    common.check_not_finished(cfg, stage_dir)
+    common.check_stage_start(cfg, stage_dir)
     ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
                                 grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
                                 num_ranks=dist.world_size())
     teacher_src = cfg.prune.teacher
+    common.check_model_source("prune.teacher", teacher_src)  # a missing or foreign teacher fails here
     if not teacher_src.startswith("preset:"):
-        teacher_config = load_config(teacher_src)  # a missing or foreign teacher fails here, before anything
+        teacher_config = load_config(teacher_src)
         family = family_for(teacher_config)
         family.check_prunable(teacher_config)
         kept_decoder_layers(cfg.prune, family.num_layers(teacher_config, "decoder"))
@@ -304,6 +305,7 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
             "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
             "student_config": student.config.to_dict(), "teacher_config": teacher.config.to_dict(),
             "teacher_params": count_params(teacher, family)}
+    common.check_before_training(cfg, stage_dir, num_train=len(data["train"]), method=cfg.prune.method)
     teacher = dist.inference_engine(teacher, ds=ds)
     common.open_stage_dir(cfg, stage_dir)
     if dist.is_rank_zero():
