@@ -491,3 +491,31 @@ def test_the_worker_sees_writes_tracebacks_and_exit_codes(tmp_path, monkeypatch)
     assert got["changed"] == [str(tmp_path / "new.txt"), str(tmp_path / "old.txt")]
     got = run_case(lambda argv: 2, {"id": "y", "argv": [], "cwd": str(tmp_path), "watch": [str(tmp_path)]})
     assert got["code"] == 2 and got["changed"] == []
+
+
+def test_other_ranks_report_late_and_only_if_not_stopped(monkeypatch, capsys):
+    """A rank other than 0 prints its error after the grace period (an error only it met is not lost), and not at
+    all when the launcher stops it meanwhile (rank 0 already said it)."""
+    from nash_ds import cli, stop
+
+    monkeypatch.setenv("NASH_ERROR_GRACE_S", "0.2")
+    monkeypatch.setenv("RANK", "1")
+    code, late = cli._fail(2, ValueError("data file x does not exist"), debug=False, rank_zero=False)
+    assert code == 2 and capsys.readouterr().err == ""
+    cli._report_late(late, None, debug=False)
+    assert capsys.readouterr().err == "nash-ds: error: [rank 1] data file x does not exist\n"
+    monkeypatch.setitem(stop._STATE, "requested", True)
+    cli._report_late(late, None, debug=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_two_ranks_print_one_error_line(tmp_path):
+    """Through the DeepSpeed launcher on 2 ranks, a bad input met by both ranks is reported once."""
+    from tests.helpers import run_nash
+
+    for bad in ("train.lrr=1", f"data.task={tmp_path}/nope.jsonl"):
+        r = run_nash("finetune", f"output_dir={tmp_path}/run", bad, ranks=2, check=False)
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert (r.stdout + r.stderr).count("nash-ds: error:") == 1, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
