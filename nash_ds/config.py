@@ -534,6 +534,13 @@ def _validate_more(cfg: RunConfig) -> None:
              " (the per-token decoder time is a difference of two lengths)")
     at_least("evaluate.warmup", e.warmup, 0)
     at_least("evaluate.repeats", e.repeats, 1)
+    est = cfg.estimate
+    at_least("estimate.world_size", est.world_size, 1)
+    at_least("estimate.ranks_per_node", est.ranks_per_node, 1)
+    above("estimate.memory_gb", est.memory_gb, 0)
+    above("estimate.host_memory_gb", est.host_memory_gb, 0, " or null (not checked)")
+    if not 0 < est.headroom <= 1:
+        raise ValueError(f"estimate.headroom must be in (0, 1], got {est.headroom}")
     pl = cfg.pipeline
     at_least("pipeline.prune_max_steps", pl.prune_max_steps, 1, " or null (train.max_steps)")
     at_least("pipeline.final_max_steps", pl.final_max_steps, 1, " or null (train.max_steps)")

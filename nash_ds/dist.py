@@ -230,7 +230,24 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
             if ds.get(key, {}).get("enabled"):
                 raise ValueError(f"DeepSpeed config enables {key} but no GPU is present; on CPU use an fp32 "
                                  "config such as ds_configs/zero2_fp32.json")
+    check_with_deepspeed(ds)
     return ds
+
+
+def check_with_deepspeed(ds: dict) -> None:
+    """DeepSpeed's own parser on the resolved config, so that a value it refuses (a bucket size in words, an unknown
+    ZeRO key) stops the run before anything is written, not at ``deepspeed.initialize``."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    clip = ds.get("gradient_clipping")
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
+        raise ValueError(f"train.ds_config: gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
+    probe = {k: v for k, v in copy.deepcopy(ds).items() if k != "train_batch_size"}  # world size checked above
+    try:
+        DeepSpeedConfig(probe)
+    except Exception as e:  # pydantic's ValidationError, DeepSpeed's asserts: the config is the user's
+        reason = " ".join(line.strip() for line in str(e).splitlines() if "further information" not in line)
+        raise ValueError(f"train.ds_config: DeepSpeed refuses it: {reason[:400]}") from e
 
 
 def zero_stage(ds: dict) -> int:
