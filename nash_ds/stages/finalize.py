@@ -6,14 +6,17 @@
 3. physically remove what the plan drops;
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
-5. publish ``<output_dir>/finalize/{model/, pruning_report.json}`` atomically.
+5. write the export in ``model.export_dtype``, reload it from disk and compare its logits with the masked
+   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json}`` in one
+   rename.
 Other ranks wait.
 
 Memory (rank 0 holds the whole model): the checkpoint is read tensor by tensor and only the
 student and its masks (optimizer state, Lagrangian and distillation projections stay on disk);
 the student is built from those tensors without a copy; the masked model's self-check logits
 are computed first and parked on disk; the student is then cut tensor by tensor into the pruned
-model (each full tensor freed once sliced). The peak is about one fp32 student plus one tensor
+model (each full tensor freed once sliced), which is freed again before the export is reloaded for its check.
+The peak is about one fp32 student plus one tensor
 (bench/finalize_memory.py, docs/BENCHMARKS.md).
 """
 
