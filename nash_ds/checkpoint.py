@@ -3,6 +3,10 @@
 DeepSpeed writes ``<dir>/<tag>/`` shards on every rank. A checkpoint counts only once every rank
 has finished writing and rank 0 has dropped ``COMPLETE`` into it; a checkpoint interrupted half
 way is never picked up by a resume or by the finalizer.
+
+Every checkpoint file is unpickled with ``weights_only=True`` and only the DeepSpeed classes of
+``compat.CHECKPOINT_GLOBALS`` (``load_file``); before DeepSpeed's own readers (which unpickle with
+``weights_only=False``) see a checkpoint, ``verify_loadable`` has loaded each of its files that way.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nash_ds.compat import storage_file_offset
+from nash_ds.compat import load_checkpoint_file, storage_file_offset, unsupported_global
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,9 @@ COMPLETE = "COMPLETE"
 META_FILE = "prune_meta.json"
 """Beside a prune stage's checkpoints: method, family, teacher, kept decoder layers, student and teacher
 configs and the teacher's parameter counts (what the finalizer needs besides the tensors)."""
+META_KEYS = ("method", "family", "teacher", "kept_decoder_layers", "student_config", "teacher_config",
+             "teacher_params")
+"""What the finalizer reads from ``META_FILE``."""
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -73,13 +81,64 @@ def read_meta(ckpt_dir: Path) -> dict:
         raise ValueError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
                          "reads the checkpoints of 'run.py prune'")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it is written by 'run.py prune'") from e
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; it is written by 'run.py prune' (rerun the prune stage, "
+                         "or point finalize.checkpoint at the checkpoints of one)")
+    for key in ("student_config", "teacher_config"):
+        if not isinstance(meta[key], dict) or "model_type" not in meta[key]:
+            raise ValueError(f"{path}: {key} must be a model config with a model_type; it is written by 'run.py prune'")
+    return meta
 
 
 def read_info(ckpt_dir: Path, tag: str) -> dict:
-    return json.loads((ckpt_dir / tag / COMPLETE).read_text())
+    """The ``COMPLETE`` marker's record (step, best, world size, ZeRO stage, method); ValueError naming it if bad."""
+    path = ckpt_dir / tag / COMPLETE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint marker ({e}); it is written by nash-ds when every "
+                         f"rank saved {tag}: delete {ckpt_dir / tag} to ignore that checkpoint") from e
+    if not isinstance(info, dict):  # a user's file, not a caller's type error
+        raise ValueError(f"{path} must hold a JSON object, got {type(info).__name__}; "  # noqa: TRY004
+                         f"delete {ckpt_dir / tag} to ignore that checkpoint")
+    return info
+
+
+def load_file(path: str | os.PathLike, *, map_location=None):
+    """One checkpoint file, unpickled safely (``compat.load_checkpoint_file``); ValueError naming the file when
+    it is not a ``torch.save`` file or asks for anything but tensors, containers and DeepSpeed's few classes."""
+    try:
+        return load_checkpoint_file(path, map_location=map_location)
+    except pickle.UnpicklingError as e:
+        what = unsupported_global(e)
+        if what is None:
+            reason = str(e).split("WeightsUnpickler error:", 1)[-1].split("\n\n")[0].strip()
+            raise ValueError(f"could not read checkpoint file {path} ({reason[:200]}); it is truncated, not a "
+                             "torch.save file, or holds objects nash-ds does not unpickle") from e
+        raise ValueError(f"refused to load {path}: it is not a checkpoint DeepSpeed wrote for nash-ds (its pickle "
+                         f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
+                         "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
+                         "checkpoint written by nash-ds") from e
+    except FileNotFoundError as e:
+        raise ValueError(f"checkpoint file {path} does not exist") from e
+    except Exception as e:  # truncated, empty or not a torch.save file: name it
+        reason = " ".join(str(e).split())[:160]
+        raise ValueError(f"could not read checkpoint file {path} ({type(e).__name__}: {reason}); it is truncated or "
+                         "not a torch.save file") from e
+
+
+def verify_loadable(tag_dir: Path) -> None:
+    """Load every ``*.pt`` file of one checkpoint the safe way, on the meta device (no tensor data is read).
+
+    Called before DeepSpeed's readers (``engine.load_checkpoint``, ``zero_to_fp32``), which unpickle with
+    ``weights_only=False``: a file they would run code from is refused here first, naming it.
+    """
+    for path in sorted(Path(tag_dir).glob("*.pt")):
+        load_file(path, map_location="meta")
 
 
 def prune_old(ckpt_dir: Path, *, keep: int, protect: set[str]) -> None:
@@ -162,7 +221,7 @@ class _LazyFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.obj = torch.load(self.path, map_location="meta", weights_only=False)
+        self.obj = load_file(self.path, map_location="meta")
         self._file = open(self.path, "rb")  # noqa: SIM115 - closed by __exit__
 
     def __enter__(self) -> _LazyFile:
@@ -313,6 +372,7 @@ def _read_with_deepspeed(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool
     """DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint(lazy_mode=True)``, converted tensor by tensor."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    verify_loadable(ckpt_dir / tag)  # DeepSpeed's reader unpickles with weights_only=False
     lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag, lazy_mode=True)
     out: dict[str, torch.Tensor] = {}
     done: dict[int, torch.Tensor] = {}

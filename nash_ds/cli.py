@@ -35,6 +35,8 @@ log = logging.getLogger("nash_ds.cli")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
+        if "required: stage" in message:  # (argparse also names the optional overrides)
+            message = f"a stage is required first: one of {', '.join(sorted(STAGES))} (e.g. run.py finetune)"
         self.print_usage(sys.stderr)
         self.exit(errors.EXIT_USER_ERROR, f"nash-ds: error: {message}\n")
 
@@ -53,18 +55,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(code: int, error: BaseException, *, debug: bool, rank_zero: bool = True) -> int:
-    """Report ``error`` in one line (rank 0), with its traceback under --debug; return the exit code."""
+ERROR_GRACE_S = 5.0
+"""How long a rank other than 0 waits before it reports its error (NASH_ERROR_GRACE_S)."""
+
+
+def _fail(code: int, error: BaseException, *, debug: bool, rank_zero: bool = True) -> tuple[int, str]:
+    """The exit code and the one-line report of ``error`` (rank 0 prints it at once, with the traceback under
+    --debug; other ranks hand it to ``_report_late``)."""
+    text = " ".join(str(error).split("\n")) if code == errors.EXIT_USER_ERROR else str(error)
+    if not rank_zero:
+        return code, f"nash-ds: error: [rank {os.environ.get('RANK', '?')}] {text}"
     if debug:
         traceback.print_exception(error)
-    if rank_zero:
-        text = " ".join(str(error).split("\n")) if code == errors.EXIT_USER_ERROR else str(error)
-        print(f"nash-ds: error: {text}", file=sys.stderr, flush=True)
-    return code
+    print(f"nash-ds: error: {text}", file=sys.stderr, flush=True)
+    return code, ""
+
+
+def _report_late(line: str, error: BaseException | None, *, debug: bool) -> None:
+    """A rank other than 0 reports its error only after a grace period (and after leaving the process group):
+    launchers (srun --kill-on-bad-exit, deepspeed, torchrun) stop every rank once one exits non-zero, so rank 0,
+    which met the same error, says it once; an error only this rank met is still reported."""
+    from nash_ds import stop
+
+    if not line:
+        return
+    deadline = time.monotonic() + float(os.environ.get("NASH_ERROR_GRACE_S", ERROR_GRACE_S))
+    while time.monotonic() < deadline:
+        if stop.requested():  # the launcher is stopping this rank (SIGTERM) because another one exited
+            return
+        time.sleep(0.1)
+    if debug and error is not None:
+        traceback.print_exception(error)
+    print(line, file=sys.stderr, flush=True)
+
+
+def _stage_first(argv: list[str]) -> list[str]:
+    """Overrides may also come before the stage (``run.py train.lr=1e-4 prune``): argparse takes the first
+    positional for the stage, so the first token naming a stage (not an option's value) moves to the front."""
+    for i, token in enumerate(argv):
+        if token in STAGES and (i == 0 or argv[i - 1] not in ("--config", "--log-level")):
+            return [token, *argv[:i], *argv[i + 1:]]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(argv)
+    args = _parser().parse_intermixed_args(_stage_first(list(sys.argv[1:] if argv is None else argv)))
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from nash_ds import log as nash_log
@@ -75,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:
-        return _fail(errors.EXIT_USER_ERROR, e, debug=args.debug, rank_zero=nash_log.launch_rank() == 0)
+        code, late = _fail(errors.EXIT_USER_ERROR, e, debug=args.debug, rank_zero=nash_log.launch_rank() == 0)
+        _report_late(late, e, debug=args.debug)
+        return code
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from nash_ds import compat, dist, stop
 
@@ -87,21 +124,24 @@ def main(argv: list[str] | None = None) -> int:
 
         datasets.disable_progress_bars()
     t0 = time.perf_counter()
-    code = None
+    code, late, failure = None, "", None
     try:
         run_stage(args.stage, cfg)
         log.info("%s finished in %.1f s", args.stage, time.perf_counter() - t0)
         code = 0
     except ValueError as e:
-        code = _fail(errors.EXIT_USER_ERROR, e, debug=args.debug, rank_zero=dist.is_rank_zero())
+        failure = e
+        code, late = _fail(errors.EXIT_USER_ERROR, e, debug=args.debug, rank_zero=dist.is_rank_zero())
     except errors.Preempted as e:
         log.warning("%s", e)
         code = errors.EXIT_PREEMPTED  # every rank stopped at the same point
     except (errors.SelfCheckError, errors.RankFailedError) as e:
-        code = _fail(errors.EXIT_FAILED, e, debug=args.debug, rank_zero=dist.is_rank_zero())
+        failure = e
+        code, late = _fail(errors.EXIT_FAILED, e, debug=args.debug, rank_zero=dist.is_rank_zero())
     finally:
         # after an error other ranks may not share, no final barrier: it could pair with another collective
         dist.shutdown(wait_for_others=code in (0, errors.EXIT_PREEMPTED))
+    _report_late(late, failure, debug=args.debug)
     return code
 
 

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,50 @@ def storage_file_offset(t: torch.Tensor) -> int:
 
 
 # --------------------------------------------------------------------------- DeepSpeed
+
+
+CHECKPOINT_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+"""The classes (besides tensors and containers) in the files of a DeepSpeed 0.19.8 checkpoint, ZeRO-0/1/2/3 in
+fp32, bf16 and fp16, as ``torch.serialization.get_unsafe_globals_in_checkpoint`` lists them for real saves
+(tests/test_compat.py saves them again and fails when the set changes). Every checkpoint file nash-ds reads
+is unpickled with ``weights_only=True`` and these alone: DeepSpeed's own readers (``engine.load_checkpoint``,
+``zero_to_fp32``) use ``weights_only=False``, under which a crafted file runs code while it loads."""
+
+
+def checkpoint_globals() -> list[type]:
+    """The classes of ``CHECKPOINT_GLOBALS``, imported."""
+    import importlib
+
+    out = []
+    for name in CHECKPOINT_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+def load_checkpoint_file(path: str | os.PathLike, *, map_location: Any = None) -> Any:
+    """``torch.load`` of one checkpoint file with ``weights_only=True`` and only ``CHECKPOINT_GLOBALS`` allowed.
+
+    Raises ``pickle.UnpicklingError`` for anything else (``unsupported_global`` says what it asked for),
+    before any of it runs.
+    """
+    with torch.serialization.safe_globals(checkpoint_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def unsupported_global(error: pickle.UnpicklingError) -> str | None:
+    """The global a refused ``weights_only`` load asked for (e.g. ``posix.system``), from torch 2.13.0's message."""
+    import re
+
+    m = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(error))
+    return m.group(1) if m else None
+
+
 
 
 def share_fp32_master(engine) -> int:

@@ -9,6 +9,7 @@ expected. The defaults are the embedded demo.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -318,6 +319,8 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 
 def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -397,7 +400,11 @@ def parse_override(text: str) -> dict:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}); quote strings "
+                         "and close brackets, e.g. prune.decoder_layers=[0,3] or data.prefix='summarize: '") from e
     # YAML reads 1e-4 as a string; numbers the user meant should be numbers
     if isinstance(value, str):
         try:
@@ -410,17 +417,41 @@ def parse_override(text: str) -> dict:
     return out
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (line/column as YAML counts them, from 1)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).split("\n")[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_yaml_file(path: str) -> dict:
+    """A config file's mapping ({} when empty); ValueError naming the file for anything else."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass a YAML file, e.g. configs/demo.yaml")
+    if not p.is_file():
+        raise ValueError(f"config file {path} does not exist (pass a YAML file, e.g. configs/demo.yaml)")
+    try:
+        loaded = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                         "YAML") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from e
+    except OSError as e:
+        raise ValueError(f"config file {path} cannot be read: {e.strerror or e}") from e
+    if not isinstance(loaded, dict):  # the user's file, not a caller's type error
+        example = "'train:' then '  lr: 1.0e-4'"
+        raise ValueError(f"config file {path} must hold a mapping of keys (e.g. {example}), "  # noqa: TRY004
+                         f"got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file {path} does not exist (pass a YAML file, e.g. configs/demo.yaml)")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = loaded
+        data = read_yaml_file(path)
     for text in overrides:
         data = _merge(data, parse_override(text))
     cfg = _build(RunConfig, data)
@@ -442,6 +473,7 @@ def validate(cfg: RunConfig) -> None:
         if value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
 
+    _check_finite(cfg)
     t = cfg.train
     for key in ("micro_batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints"):
         positive(f"train.{key}", getattr(t, key))
@@ -494,3 +526,74 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"evaluate.device must be auto, cpu or cuda, got {e.device!r}")
     if e.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"evaluate.dtype must be float32 or bfloat16, got {e.dtype!r}")
+    _validate_more(cfg)
+
+
+def _check_finite(node, key: str = "") -> None:
+    """Every float in the tree (lists and mixtures included) is a finite number: NaN and inf are refused."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ValueError(f"{key} must be a finite number, got {node}")
+
+
+def _validate_more(cfg: RunConfig) -> None:
+    """Signs and ranges of the remaining numeric keys; each message names the key and the allowed range."""
+    def at_least(key: str, value, low, what: str = "") -> None:
+        if value is not None and value < low:
+            raise ValueError(f"{key} must be >= {low}{what}, got {value}")
+
+    def above(key: str, value, low, what: str = "") -> None:
+        if value is not None and not value > low:
+            raise ValueError(f"{key} must be > {low}{what}, got {value}")
+
+    t, d, p, g, e = cfg.train, cfg.data, cfg.prune, cfg.generation, cfg.evaluate
+    at_least("train.weight_decay", t.weight_decay, 0)
+    at_least("train.grad_clip", t.grad_clip, 0, " (0 disables clipping)")
+    at_least("data.num_workers", d.num_workers, 0)
+    at_least("data.max_train_samples", d.max_train_samples, 1, " or null (all)")
+    at_least("data.max_eval_samples", d.max_eval_samples, 1, " or null (all)")
+    if not d.eval_split:
+        raise ValueError("data.eval_split is empty; use validation (or test, or the name of a split of data.task)")
+    for i, item in enumerate(d.mixture):
+        above(f"data.mixture[{i}].weight", item.weight, 0)
+        if not item.task:
+            raise ValueError(f"data.mixture[{i}].task is empty; give a task name or a local file")
+    at_least("generation.eval_batch_size", g.eval_batch_size, 1)
+    for key in ("ce_weight", "kd_weight", "hidden_weight"):
+        at_least(f"distill.{key}", getattr(cfg.distill, key), 0)
+    at_least("prune.sparsity_warmup_steps", p.sparsity_warmup_steps, 0)
+    above("prune.mask_lr", p.mask_lr, 0)
+    above("prune.lambda_lr", p.lambda_lr, 0)
+    if isinstance(p.decoder_layers, list) and not p.decoder_layers:
+        raise ValueError("prune.decoder_layers is an empty list; give k (e.g. 3) or the teacher layers to keep "
+                         "(e.g. [0,5,11])")
+    at_least("finalize.atol", cfg.finalize.atol, 0)
+    at_least("finalize.check_batches", cfg.finalize.check_batches, 1,
+             " (the self-check compares the masked and the pruned model on that many batches; it cannot be skipped)")
+    if not e.batch_sizes:
+        raise ValueError("evaluate.batch_sizes is empty; give at least one latency batch size, e.g. [1] or [1,8]")
+    for i, bs in enumerate(e.batch_sizes):
+        at_least(f"evaluate.batch_sizes[{i}]", bs, 1)
+    at_least("evaluate.latency_source_length", e.latency_source_length, 1)
+    at_least("evaluate.latency_new_tokens", e.latency_new_tokens, 2,
+             " (the per-token decoder time is a difference of two lengths)")
+    at_least("evaluate.warmup", e.warmup, 0)
+    at_least("evaluate.repeats", e.repeats, 1)
+    est = cfg.estimate
+    at_least("estimate.world_size", est.world_size, 1)
+    at_least("estimate.ranks_per_node", est.ranks_per_node, 1)
+    above("estimate.memory_gb", est.memory_gb, 0)
+    above("estimate.host_memory_gb", est.host_memory_gb, 0, " or null (not checked)")
+    if not 0 < est.headroom <= 1:
+        raise ValueError(f"estimate.headroom must be in (0, 1], got {est.headroom}")
+    pl = cfg.pipeline
+    at_least("pipeline.prune_max_steps", pl.prune_max_steps, 1, " or null (train.max_steps)")
+    at_least("pipeline.final_max_steps", pl.final_max_steps, 1, " or null (train.max_steps)")
+    above("pipeline.prune_lr", pl.prune_lr, 0, " or null (train.lr)")
+    if not cfg.output_dir:
+        raise ValueError("output_dir is empty; give a directory, e.g. output_dir=runs/my-run")

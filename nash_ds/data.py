@@ -202,8 +202,10 @@ def _load_raw(spec: TaskSpec, split: str, cache_dir: str | None) -> datasets.Dat
             except Exception as e:
                 if path.stat().st_size == 0 or "no data" in str(e):  # "no data": a csv with a header only
                     raise ValueError(f"the {split} split of task {spec.name} ({where}) is empty") from e
+                cause = e.__cause__ or e.__context__ or e  # datasets wraps the parser's error
                 raise ValueError(
-                    f"could not read {where} ({split} split of task {spec.name}): {type(e).__name__}: {e}"
+                    f"could not read {where} ({split} split of task {spec.name}): {type(cause).__name__}: "
+                    + " ".join(str(cause).split())[:300]
                 ) from e
     elif spec.hub_name is not None:
         hub_split = spec.hub_splits.get(split, split)
@@ -216,6 +218,11 @@ def _load_raw(spec: TaskSpec, split: str, cache_dir: str | None) -> datasets.Dat
                 f"Without network access, pass local files instead: data.train_file=..., "
                 f"data.validation_file=..., data.test_file=... (jsonl/json/csv/parquet)"
             ) from e
+    elif split not in ("train", "validation", "test"):  # only these have a data.<split>_file key
+        raise ValueError(
+            f"task {spec.name} has no split {split!r} (data.eval_split); its splits: {', '.join(sorted(spec.files))}. "
+            f"Use data.eval_split=validation, or data.task=<directory holding {split}.jsonl>"
+        )
     else:
         raise ValueError(
             f"task {spec.name} has no {split} split: set data.{split}_file=path/to/{split}.jsonl"

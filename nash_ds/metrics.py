@@ -74,3 +74,12 @@ def metric_names_for(task: str) -> tuple[str, ...]:
 def default_metric_for(task: str) -> str:
     """The metric that picks the best checkpoint: accuracy for GLUE, rougeL for everything else."""
     return "accuracy" if task.startswith("glue/") else "rougeL"
+
+
+def check_metric_for_best(metric: str, task: str) -> None:
+    """``train.metric_for_best`` must be a metric the evaluation of ``task`` reports (or ``loss``): checked before a
+    stage writes anything, not at the first evaluation after hours of training."""
+    valid = (*metric_names_for(task), "loss")
+    if metric not in valid:
+        raise ValueError(f"train.metric_for_best={metric!r} is not reported for data.task={task!r}; choose one of "
+                         f"{', '.join(valid)} (set train.greater_is_better=false for loss)")

@@ -85,14 +85,20 @@ def step_indices(num_examples: int, *, seed: int, step: int, global_batch: int) 
     Each epoch is a seeded permutation; a global batch never straddles epochs (the tail that
     does not fill one is dropped).
     """
+    check_train_size(num_examples, global_batch=global_batch)
     per_epoch = num_examples // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
-                         f"({global_batch}); lower train.micro_batch_size or train.grad_accum")
     epoch, within = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_examples, generator=g)
     return perm[within * global_batch:(within + 1) * global_batch].tolist()
+
+
+def check_train_size(num_examples: int, *, global_batch: int) -> None:
+    """At least one global batch of training examples (the stages check it before writing anything)."""
+    if num_examples < global_batch:
+        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
+                         f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
+                         "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
 
 
 def micro_slice(indices: list[int], *, micro: int, rank: int, num_ranks: int, micro_step: int) -> list[int]:
@@ -308,6 +314,12 @@ class Trainer:
         if info.get("method", "finetune") != self.task.method:
             raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
                              f"{self.task.method!r}; use another output_dir")
+        error = None
+        try:  # DeepSpeed's loader unpickles with weights_only=False: every file must load safely first
+            ckpt.verify_loadable(self.ckpt_dir / tag)
+        except ValueError as e:
+            error = e
+        dist.raise_if_any_rank(error)
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})

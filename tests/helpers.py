@@ -65,3 +65,32 @@ def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+class RunsCode:
+    """Pickles to a call of ``fn(arg)`` (``os.system``, ``builtins.exec``): what a crafted checkpoint does."""
+
+    def __init__(self, fn, arg: str):
+        self.fn, self.arg = fn, arg
+
+    def __reduce__(self):
+        return (self.fn, (self.arg,))
+
+
+def write_crafted_checkpoint(ckpt_dir: Path, marker: Path, *, how: str = "system", tag: str = "step-0000001",
+                             method: str = "finetune", zero_stage: int = 0) -> Path:
+    """A complete-looking checkpoint whose model-states pickle would create ``marker`` if unpickled unsafely."""
+    import builtins
+    import json
+
+    payload = (RunsCode(os.system, f"touch {marker}") if how == "system"
+               else RunsCode(builtins.exec, f"open({str(marker)!r}, 'w').close()"))
+    root = Path(ckpt_dir) / tag
+    root.mkdir(parents=True, exist_ok=True)
+    name = "mp_rank_00_model_states.pt" if zero_stage == 0 else "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    torch.save({"module": payload, "buffer_names": [], "param_shapes": []}, root / name)
+    if zero_stage:
+        torch.save({"optimizer_state_dict": payload}, root / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (root / "COMPLETE").write_text(json.dumps({"step": 1, "best": {}, "world_size": 1, "zero_stage": zero_stage,
+                                               "method": method}))
+    return root

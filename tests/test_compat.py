@@ -122,3 +122,75 @@ def test_deepspeed_fp32_master_accessors_are_where_clamp_expects_them():
     from deepspeed.runtime.zero.partition_parameters import Init
 
     assert "ds_tensor" in inspect.getsource(Init._convert_to_deepspeed_param)
+
+
+_SAVE_CHECKPOINTS = r"""
+import json, os, sys
+import torch, deepspeed
+from torch.serialization import get_unsafe_globals_in_checkpoint
+deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+out, found = sys.argv[1], {}
+for stage in (0, 1, 2, 3):
+    for precision in ("fp32", "bf16", "fp16"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "train_batch_size": 2,
+              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+        if precision != "fp32":
+            ds[precision] = {"enabled": True}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds,
+                                          lr_scheduler=None, dist_init_required=False)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        engine.backward(engine(torch.randn(2, 8, dtype=dtype)).float().sum())
+        engine.step()
+        tag = f"zero{stage}-{precision}"
+        engine.save_checkpoint(out, tag=tag)
+        for name in sorted(os.listdir(os.path.join(out, tag))):
+            found[f"{tag}/{name}"] = get_unsafe_globals_in_checkpoint(os.path.join(out, tag, name))
+print("FOUND" + json.dumps(found))
+"""
+
+
+def test_checkpoint_globals_are_exactly_what_deepspeed_checkpoints_hold(tmp_path):
+    """CHECKPOINT_GLOBALS: real ZeRO-0/1/2/3 checkpoints (fp32, bf16, fp16) need these classes and no other, and
+    load with compat.load_checkpoint_file; a DeepSpeed that adds or drops one fails here."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import env, free_port
+
+    r = subprocess.run([sys.executable, "-c", _SAVE_CHECKPOINTS, str(tmp_path)], check=False, capture_output=True,
+                       text=True, timeout=600, env=env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())))
+    assert r.returncode == 0, r.stderr[-4000:]
+    found = json.loads(r.stdout.split("FOUND", 1)[1])
+    assert len(found) >= 12 and any("optim_states" in f for f in found), found
+    assert set().union(*map(set, found.values())) == set(compat.CHECKPOINT_GLOBALS), found
+    for name in found:
+        compat.load_checkpoint_file(tmp_path / name, map_location="meta")
+
+
+def test_deepspeed_readers_still_unpickle_with_weights_only_false():
+    """checkpoint.verify_loadable runs before engine.load_checkpoint and zero_to_fp32 because these do not load
+    safely; when DeepSpeed switches to weights_only=True, the pre-check can go."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.utils import zero_to_fp32
+
+    assert "weights_only=False" in inspect.getsource(TorchCheckpointEngine.load)
+    assert "weights_only=False" in inspect.getsource(zero_to_fp32)
+
+
+def test_a_refused_global_is_named(tmp_path):
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/ran",))
+
+    torch.save({"module": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError) as e:
+        compat.load_checkpoint_file(tmp_path / "evil.pt", map_location="meta")
+    assert compat.unsupported_global(e.value) == "posix.system"
+    assert not (tmp_path / "ran").exists()

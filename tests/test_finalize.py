@@ -116,3 +116,30 @@ def test_consolidated_state_keeps_an_untied_lm_head():
     batch = tiny_batch()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_reloaded_export_is_checked_in_its_dtype(tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    from nash_ds.export import cast_for_export
+    from nash_ds.stages.finalize import check_export, park_logits
+
+    _, _, masked, _, pruned, _ = _finalized("tiny-t5", "nash", [0, 3])
+    batches = [tiny_batch(seed=s) for s in range(2)]
+    parked = park_logits(masked, batches, tmp_path)
+    save_hf_dir(cast_for_export(pruned, dtype), None, tmp_path / "model")
+    result = check_export(tmp_path / "model", parked, batches, dtype=dtype, atol=1e-4)
+    assert result["dtype"] == str(dtype).removeprefix("torch.")
+    assert result["max_abs_logit_diff"] <= result["tolerance"]
+    if dtype == torch.float32:
+        assert result["tolerance"] == 1e-4
+    else:
+        assert 1e-4 < result["tolerance"] < 0.5 * max(float(p.abs().max()) for p in map(torch.load, parked))
+    # a file that lost what the model computes (one projection zeroed) is refused, whatever the dtype
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    name = next(k for k in weights if k.endswith("DenseReluDense.wo.weight"))
+    weights[name] = torch.zeros_like(weights[name])
+    save_file(weights, tmp_path / "model" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SelfCheckError, match="reloaded from disk differs"):
+        check_export(tmp_path / "model", parked, batches, dtype=dtype, atol=1e-4)

@@ -90,6 +90,7 @@ def test_checkpoints_of_any_zero_stage_finalize_and_match_the_masked_model(zero_
     run_nash("finalize", f"output_dir={out}", *FAST)
     report = json.loads((out / "finalize" / "pruning_report.json").read_text())
     assert report["self_check"]["max_abs_logit_diff"] <= report["self_check"]["atol"]
+    assert report["self_check"]["reloaded"]["max_abs_logit_diff"] <= report["self_check"]["atol"]  # float32 export
     assert report["kept_decoder_layers"] == [0, 3]
     exported = AutoModelForSeq2SeqLM.from_pretrained(out / "finalize" / "model", trust_remote_code=True).eval()
     assert sum(p.numel() for p in exported.parameters()) == report["params"]["pruned"]["total"]

@@ -6,10 +6,14 @@ A new family is one new module with a ``Family`` subclass, registered in ``FAMIL
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .bart import BartFamily
@@ -18,9 +22,9 @@ from .mbart import MBartFamily
 from .mt5 import MT5Family
 from .t5 import T5Family
 
-__all__ = ["FAMILIES", "Family", "STACKS", "PRESETS", "config_of", "count_params", "family_for", "kept_decoder_layers",
-           "load_model", "named_shape_config", "preset_config", "select_decoder_layers", "validate_kept_layers",
-           "supported_model_types"]
+__all__ = ["FAMILIES", "Family", "STACKS", "PRESETS", "check_weight_files", "config_of", "count_params", "family_for",
+           "kept_decoder_layers", "load_model", "named_shape_config", "preset_config", "select_decoder_layers",
+           "validate_kept_layers", "supported_model_types"]
 
 FAMILIES: tuple[Family, ...] = (T5Family(), MT5Family(), BartFamily(), MBartFamily())
 """Every registered family (the first one that names an export model type owns its exports)."""
@@ -124,7 +128,8 @@ def config_of(name: str) -> Any:
 
 
 def _looks_local(path: str) -> bool:
-    return os.path.exists(path) or path.startswith(("/", "./", "../", "~"))
+    """A path, not a hub name (``name`` or ``org/name``)."""
+    return os.path.exists(path) or path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
 
 
 def _build_preset(name: str, *, special: dict[str, int | None], seed: int) -> nn.Module:
@@ -166,8 +171,16 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
         if key != "vocab_size" and value is not None:
             setattr(config, key, value)
     path = os.path.expanduser(name_or_path)
+    check_weight_files(path)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)
+    except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:  # weights missing, bad or mismatched
+        if "mismatch" in str(e):
+            raise ValueError(f"the weights of {name_or_path!r} do not match its config.json (tensor shapes differ; "
+                             "transformers' load report above lists them): export the model again") from e
+        raise ValueError(f"could not load the weights of {name_or_path!r} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}); re-export or re-download the model") from e
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():
@@ -175,6 +188,38 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
 
         untie_head_like_the_checkpoint(model, path)
     return model
+
+
+def check_weight_files(name_or_path: str) -> None:
+    """A local model directory holds readable weights (every safetensors header, every shard an index names);
+    hub names are left to the loader. ValueError naming the file: before anything is written or loaded."""
+    path = Path(os.path.expanduser(name_or_path))
+    if not path.is_dir():
+        return
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e}") from e
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    elif (path / "pytorch_model.bin").is_file():
+        return  # transformers reads it with weights_only=True
+    else:
+        raise ValueError(f"model directory {path} holds no weights (model.safetensors, model.safetensors.index.json "
+                         "or pytorch_model.bin); export it again (save_pretrained) or point at another model")
+    from safetensors import safe_open
+
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"model directory {path}: weight file {f.name} named by {index.name} is missing")
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"model weights {f} are unreadable ({e}): the file is truncated or not safetensors; "
+                             "export or download the model again") from e
 
 
 def load_config(name_or_path: str) -> Any:
@@ -190,7 +235,13 @@ def load_config(name_or_path: str) -> Any:
     register_export_classes()
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(name_or_path), trust_remote_code=False)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON ({e}); export the model "
+                         "again") from e
     except OSError as e:
+        if _looks_local(name_or_path):  # config.json is there (checked above) but unreadable
+            raise ValueError(f"{os.path.join(name_or_path, 'config.json')} is not a readable model config "
+                             f"({' '.join(str(e).split())[:200]}); export the model again") from e
         raise ValueError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
                          f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
     family_for(config)  # reject unsupported families before loading any weight

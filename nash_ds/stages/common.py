@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from nash_ds import dist
@@ -14,19 +16,91 @@ def stage_dir(cfg: RunConfig, name: str) -> Path:
 
 
 def check_not_finished(cfg: RunConfig, out: Path, *, marker: str = "model") -> None:
-    """Refuse to touch a finished stage output unless overwrite=true (then it is removed)."""
-    if (out / marker).exists():
-        if not cfg.overwrite:
-            raise ValueError(f"{out} already holds a finished run ({out / marker} exists); pass overwrite=true "
-                             "to replace it, or choose another output_dir")
+    """Refuse a finished stage output unless overwrite=true (``open_stage_dir`` removes it then, once every input
+    was found good: a bad input never costs the previous result)."""
+    if (out / marker).exists() and not cfg.overwrite:
+        raise ValueError(f"{out} already holds a finished run ({out / marker} exists); pass overwrite=true "
+                         "to replace it, or choose another output_dir")
+
+
+def check_output_dir(cfg: RunConfig, out: Path) -> None:
+    """``output_dir`` and the stage directory are directories this process can write in (or can be created);
+    nothing is left behind by the check."""
+    for path in (Path(cfg.output_dir), out):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"output_dir={cfg.output_dir}: {path} is a file, not a directory; choose another "
+                             "output_dir")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"output_dir={cfg.output_dir} cannot be created: {existing} is a file, not a directory")
+    try:  # os.access says yes to root on read-only and virtual file systems; creating something tells
+        os.rmdir(tempfile.mkdtemp(prefix=".nash-write-check-", dir=existing))
+    except OSError as e:
+        raise ValueError(f"output_dir={cfg.output_dir} is not writable: cannot create anything in {existing} "
+                         f"({e.strerror or e}); choose another output_dir") from e
+
+
+def check_stage_start(cfg: RunConfig, out: Path) -> None:
+    """Checks every training stage makes before reading anything big: not finished, output directory writable,
+    ``train.metric_for_best`` known for the task."""
+    from nash_ds.metrics import check_metric_for_best
+
+    check_not_finished(cfg, out)
+    check_output_dir(cfg, out)
+    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task)
+
+
+def check_before_training(cfg: RunConfig, out: Path, *, num_train: int, method: str) -> None:
+    """Last checks before the stage directory is written: one global batch of data, and a checkpoint the run
+    would resume from that loads safely and was written by the same method."""
+    from nash_ds import checkpoint as ckpt
+    from nash_ds.trainer import check_train_size
+
+    t = cfg.train
+    check_train_size(num_train, global_batch=t.micro_batch_size * t.grad_accum * dist.world_size())
+    ckpt_dir = out / "checkpoints"
+    if not t.resume or (cfg.overwrite and (out / "model").exists()):
+        return  # nothing to resume from (an overwritten output is removed first)
+    tag = ckpt.newest_complete(ckpt_dir)
+    if tag is None:
+        return
+    info = ckpt.read_info(ckpt_dir, tag)
+    if info.get("method", "finetune") != method:
+        raise ValueError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
+                         "another output_dir, or train.resume=false with overwrite=true to start again")
+    ckpt.verify_loadable(ckpt_dir / tag)
+
+
+def check_model_source(key: str, name_or_path: str) -> None:
+    """``key``'s model (a preset, hub name or local directory) has a supported config and readable weights;
+    ValueError naming ``key`` otherwise (a missing local directory is usually a stage not run yet)."""
+    from nash_ds.models import PRESETS, check_weight_files, load_config
+
+    if name_or_path.startswith("preset:"):
+        if name_or_path[len("preset:"):] not in PRESETS:
+            raise ValueError(f"{key}={name_or_path}: unknown preset; presets: "
+                             f"{', '.join('preset:' + p for p in sorted(PRESETS))}")
+        return
+    try:
+        load_config(name_or_path)
+        check_weight_files(name_or_path)
+    except ValueError as e:
+        hint = ""
+        if name_or_path.rstrip("/").endswith("finetune/model") and not Path(name_or_path).exists():
+            hint = " (run 'run.py finetune' with the same output_dir first)"
+        raise ValueError(f"{key}={name_or_path}{hint}: {e}") from e
+
+
+def open_stage_dir(cfg: RunConfig, out: Path, *, marker: str = "model") -> None:
+    """Create the stage directory (after every input was validated) and record the config; a finished output
+    is removed first when overwrite=true."""
+    if cfg.overwrite and (out / marker).exists():
         dist.barrier()
         if dist.is_rank_zero():
             shutil.rmtree(out)
         dist.barrier()
-
-
-def open_stage_dir(cfg: RunConfig, out: Path) -> None:
-    """Create the stage directory (after every input was validated) and record the config."""
     if dist.is_rank_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
@@ -46,6 +120,9 @@ def tokenizer_source(cfg: RunConfig) -> str:
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise ValueError(f"tokenizer directory {source} does not exist; set model.tokenizer to a directory with "
+                         "tokenizer files or a hub name")
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:

@@ -263,11 +263,17 @@ def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | P
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     """The ``evaluate`` stage: ``evaluate.model`` (after the dense reference, when there is one)."""
+    from nash_ds.stages import common
+
     _check_not_finished(cfg, stage_dir)
+    common.check_output_dir(cfg, stage_dir)
 
     def work():
         model = Path(cfg.evaluate.model) if cfg.evaluate.model else default_model(cfg)
         reference = cfg.evaluate.reference
+        for key, source in (("evaluate.model", cfg.evaluate.model), ("evaluate.reference", reference)):
+            if source is not None:
+                common.check_model_source(key, source)
         dense = Path(cfg.output_dir) / "finetune" / "model"
         if reference is None and (dense / "config.json").is_file() and dense.resolve() != model.resolve():
             reference = dense

@@ -6,14 +6,17 @@
 3. physically remove what the plan drops;
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
-5. publish ``<output_dir>/finalize/{model/, pruning_report.json}`` atomically.
+5. write the export in ``model.export_dtype``, reload it from disk and compare its logits with the masked
+   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json}`` in one
+   rename.
 Other ranks wait.
 
 Memory (rank 0 holds the whole model): the checkpoint is read tensor by tensor and only the
 student and its masks (optimizer state, Lagrangian and distillation projections stay on disk);
 the student is built from those tensors without a copy; the masked model's self-check logits
 are computed first and parked on disk; the student is then cut tensor by tensor into the pruned
-model (each full tensor freed once sliced). The peak is about one fp32 student plus one tensor
+model (each full tensor freed once sliced), which is freed again before the export is reloaded for its check.
+The peak is about one fp32 student plus one tensor
 (bench/finalize_memory.py, docs/BENCHMARKS.md).
 """
 
@@ -147,21 +150,63 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     bs = cfg.generation.eval_batch_size
     batches = [collate([data[i] for i in range(s, min(len(data), s + bs))])
                for s in range(0, min(len(data), bs * cfg.finalize.check_batches), bs)]
+    export_dtype = getattr(torch, cfg.model.export_dtype)
     with tempfile.TemporaryDirectory(prefix="nash-finalize-") as parked:
         reference = park_logits(student, batches, Path(parked))
         pruned = prune_model(student, plan, consume=True).eval()  # cuts the student tensor by tensor
         del student
         gc.collect()
         diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
-
-    report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
-                          masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
-    export_dtype = getattr(torch, cfg.model.export_dtype)
-    cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
-    with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
-        save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
-        (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
+        report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
+                              masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
+        cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
+        with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
+            save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
+            del pruned
+            gc.collect()
+            # what is published is what was checked: the files, reloaded in their dtype, before the rename
+            report["self_check"]["reloaded"] = check_export(tmp / "model", reference, batches, dtype=export_dtype,
+                                                            atol=cfg.finalize.atol)
+            (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+EXPORT_TOLERANCE_EPS = 16
+"""Reloaded-export check in bfloat16 / float16: allowed |logit difference| = atol + this many of the dtype's
+machine epsilons times the largest |logit|. The cast alone moved the logits of the demo T5 by 0.95 eps (bf16) and
+0.7 eps (fp16) of the largest logit; deeper models add rounding per layer; a lost or re-initialised tensor moves
+them by about the largest logit itself. float32 exports get finalize.atol alone."""
+
+
+def export_tolerance(dtype: torch.dtype, *, atol: float, scale: float) -> float:
+    """Allowed |logit difference| between an export in ``dtype`` and the fp32 masked model (logits up to ``scale``)."""
+    if dtype == torch.float32:
+        return atol
+    return atol + EXPORT_TOLERANCE_EPS * torch.finfo(dtype).eps * scale
+
+
+def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.dtype, atol: float) -> dict:
+    """Reload the written export in ``dtype`` (nash_ds classes, no code from the directory) and compare its logits
+    with the masked model's (``park_logits``); SelfCheckError, and nothing published, beyond ``export_tolerance``."""
+    from nash_ds.models import load_model
+
+    model = load_model(str(model_dir), dtype=dtype).eval()
+    worst, scale = 0.0, 0.0
+    with torch.no_grad():
+        for path, batch in zip(parked, batches, strict=True):
+            ref = torch.load(path, weights_only=True)
+            worst = max(worst, float((ref - model(**batch).logits.float()).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+            del ref
+    tolerance = export_tolerance(dtype, atol=atol, scale=scale)
+    name = str(dtype).removeprefix("torch.")
+    if not worst <= tolerance:
+        raise SelfCheckError(f"self-check failed after writing: the {name} export reloaded from disk differs from the "
+                             f"masked model by {worst:.3g} > {tolerance:.3g} (finalize.atol={atol}"
+                             + ("" if dtype == torch.float32 else f" + {EXPORT_TOLERANCE_EPS} eps x max |logit| "
+                                f"{scale:.3g}") + "); nothing was published"
+                             + ("" if dtype == torch.float32 else "; try model.export_dtype=float32"))
+    return {"max_abs_logit_diff": worst, "tolerance": tolerance, "dtype": name}
 
 
 def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking, meta: dict, tag: str,
@@ -214,9 +259,11 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    if (stage_dir / "model").exists() and not cfg.overwrite:
-        raise ValueError(f"{stage_dir} already holds a finished run ({stage_dir / 'model'} exists); pass "
-                         "overwrite=true to replace it")
+    common.check_not_finished(cfg, stage_dir)
+    common.check_output_dir(cfg, stage_dir)
+    if cfg.finalize.checkpoint is None and not (Path(cfg.output_dir) / "prune" / "checkpoints").exists():
+        raise ValueError(f"{Path(cfg.output_dir) / 'prune' / 'checkpoints'} does not exist: run 'run.py prune' with "
+                         "the same output_dir first, or set finalize.checkpoint=<prune checkpoint directory>")
     report = dist.on_rank_zero(lambda: finalize(cfg, stage_dir=stage_dir))
     s = report["sparsity_vs_teacher"]
     log.info("finalize: %s -> %s; sparsity vs teacher %s; self-check max |dlogit| %.2e", report["export_class"],

@@ -54,9 +54,12 @@ def _finished(stage: str, out: Path) -> bool:
 
 def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict:
     """Every stage in order under ``cfg.output_dir`` (``stage_dir`` is unused: each stage has its own)."""
+    from nash_ds.metrics import check_metric_for_best
     from nash_ds.stages import finalize, finetune, prune
 
     out = Path(cfg.output_dir)
+    common.check_output_dir(cfg, out / "finetune")
+    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task)
     cfgs = _stage_cfgs(cfg)
     steps = [("finetune", finetune.run), ("prune", prune.run), ("finalize", finalize.run)]
     if cfg.pipeline.final_finetune:

@@ -328,13 +328,14 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model
     from nash_ds.trainer import Trainer
 
-    common.check_not_finished(cfg, stage_dir)
+    common.check_stage_start(cfg, stage_dir)
     ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
                                 grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
                                 num_ranks=dist.world_size())
     teacher_src = cfg.prune.teacher
+    common.check_model_source("prune.teacher", teacher_src)  # a missing or foreign teacher fails here
     if not teacher_src.startswith("preset:"):
-        teacher_config = load_config(teacher_src)  # a missing or foreign teacher fails here, before anything
+        teacher_config = load_config(teacher_src)
         family = family_for(teacher_config)
         family.check_prunable(teacher_config)
         kept_decoder_layers(cfg.prune, family.num_layers(teacher_config, "decoder"))
@@ -344,6 +345,8 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     family = family_for(teacher.config)
     family.check_prunable(teacher.config)
     _check_student_family(cfg, family)
+    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
+    common.check_before_training(cfg, stage_dir, num_train=len(data["train"]), method=cfg.prune.method)
     num_decoder_layers = family.num_layers(teacher.config, "decoder")
     latency = latency_target(cfg, teacher.config, num_decoder_layers=num_decoder_layers)
     kept = kept_decoder_layers(cfg.prune, num_decoder_layers, k=None if latency is None else latency.k)
@@ -353,7 +356,6 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     if cfg.train.gradient_checkpointing:  # the student's blocks; the teacher runs without grad anyway
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         log.info("prune: gradient checkpointing on the student")
-    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     masking = Masking.build(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
                             teacher_config=teacher.config, deterministic=cfg.prune.deterministic)
