@@ -75,7 +75,7 @@ def random_encoder_plan(family, student, *, sparsity: float, seed: int, uniform:
     prunable parameters add up to (1 - sparsity) of the dense encoder's (within one FFN dim per layer).
 
     ``uniform``: every encoder layer keeps the same number of heads and FFN dims. For T5 the export
-    is then still a ``nash_t5`` model (stock T5 has one width for both stacks and the decoder stays
+    is then still a ``NashT5Config`` model (stock T5 has one width for both stacks and the decoder stays
     dense) while its stock twin has exactly its tensor shapes: the ratio is the export's own cost."""
     config = student.config
     layers, heads, d_ff, per_head, per_dim = encoder_sizes(family, config)
