@@ -264,7 +264,7 @@ class Trainer:
         self._log(step, scalars)
         if self.writer is not None:
             for name, img in images.items():
-                self.writer.add_image(name, img, step, dataformats="HW")
+                self.writer.add_image(name, img, step, dataformats="HWC" if img.ndim == 3 else "HW")
 
     def _update_best(self, best: dict, step: int, metrics: dict) -> dict:
         t = self.cfg.train

@@ -6,7 +6,7 @@
 3. physically remove what the plan drops;
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
-5. publish ``<output_dir>/finalize/{model/, pruning_report.json}`` atomically.
+5. publish ``<output_dir>/finalize/{model/, pruning_report.json, masks_*.png}`` atomically.
 Other ranks wait.
 
 Memory (rank 0 holds the whole model): the checkpoint is read tensor by tensor and only the
@@ -161,6 +161,10 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
         save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
         (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
+        if masking.maskset is not None:  # the masks as pictures beside the report (masks_<name>.png)
+            from nash_ds.plot import save_mask_figures
+
+            save_mask_figures(masking.maskset.alive_probabilities(), masking.maskset.deterministic_masks(), tmp)
     return report
 
 
