@@ -22,6 +22,7 @@ from nash_ds import checkpoint as ckpt
 from nash_ds import dist, stop
 from nash_ds.config import RunConfig
 from nash_ds.errors import Preempted
+from nash_ds.log import Progress
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +170,7 @@ class Trainer:
         engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
         self.engine = engine
         start, best = self._resume(engine)
-        progress = None
-        if dist.is_rank_zero():
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=t.max_steps, initial=start, desc=self.log_prefix, dynamic_ncols=True)
+        progress = Progress(total=t.max_steps, initial=start, desc=self.log_prefix) if dist.is_rank_zero() else None
         metrics: dict = {}
         tokens, t0 = 0, time.perf_counter()
         step = start
@@ -199,13 +196,14 @@ class Trainer:
             self.task.after_optimizer_step(engine)
             extra = self.task.step_logs(engine, step) if step % t.log_every == 0 or step == t.max_steps else {}
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{logs_acc.get('loss', float('nan')):.4f}")
+                progress.step(logs_acc.get("loss", float("nan")))
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - t0
                 totals = dist.sum_across_ranks({**logs_acc, "_tokens": tokens})  # logs are means over ranks
                 scalars = {k: v / self.num_ranks for k, v in totals.items() if k != "_tokens"}
                 scalars["tokens_per_sec"] = totals["_tokens"] / max(elapsed, 1e-9)
+                if progress is not None:  # before _log_scalars, which takes the images out of extra
+                    progress.logged(step, {**scalars, **extra}, lr=optimizer.param_groups[0]["lr"])
                 self._log_scalars(step, scalars, optimizer, groups, extra)
                 tokens, t0 = 0, time.perf_counter()
             do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.max_steps
