@@ -7,9 +7,11 @@ TensorBoard; finalize saves them as PNG beside ``pruning_report.json``.
 
 **Quality vs speed**: points come from evaluate reports (``report.json`` of ``run.py evaluate`` or the pipeline):
 every row but the baseline becomes a point labelled by its method; the dense baseline sits at
-(1x, 100%). Several reports (one per run: NASH k=2/3/4, CoFi, SFT) go into one figure:
+(1x, 100%). Several reports (one per run: NASH k=2/3/4, CoFi, SFT) go into one figure; reports of the
+same recipe (seeds) become one point at their mean with mean +- std error bars. Only measured points
+are drawn: a target is a labelled dashed line (``--target``):
 
-    python -m nash_ds.plot runs/*/evaluate/report.json -o docs/speedup.png
+    python -m nash_ds.plot runs/*/evaluate/report.json -o docs/speedup.png --target 97
 """
 
 from __future__ import annotations
@@ -56,32 +58,59 @@ def points_from_files(paths: list[str | Path]) -> list[dict]:
     return points
 
 
-def plot_points(points: list[dict], out: str | Path, *, title: str = "quality vs speed") -> Path:
-    """Scatter ``points`` into a PNG at ``out`` (matplotlib, Agg backend)."""
-    import matplotlib
+def group_points(points: list[dict]) -> list[dict]:
+    """One point per (method, label): several runs of one recipe (seeds) become their mean, with the
+    standard deviation of each axis (``speedup_std``, ``quality_std``; 0 for a single run) and ``n``."""
+    import statistics
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["method"], p["label"]), []).append(p)
+    out = []
+    for (method, label), runs in groups.items():
+        xs, ys = [float(r["speedup"]) for r in runs], [float(r["quality_kept"]) for r in runs]
+        out.append({"method": method, "label": label, "metric": runs[0].get("metric", ""), "n": len(runs),
+                    "speedup": statistics.fmean(xs), "quality_kept": statistics.fmean(ys),
+                    "speedup_std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                    "quality_std": statistics.stdev(ys) if len(ys) > 1 else 0.0})
+    return out
 
+
+def plot_points(points: list[dict], out: str | Path, *, title: str = "quality vs speed",
+                targets: list[dict] = ()) -> Path:
+    """Measured points into a PNG at ``out`` (matplotlib, Agg backend): one marker per recipe; a recipe
+    measured several times (points with the same method and label, e.g. seeds) is drawn at its mean with
+    mean +- std error bars. ``targets`` (``{"quality_kept", "label"}``) are dashed horizontal lines, named
+    as targets in the legend: a goal, never a point that could be read as a result."""
+    plt = _pyplot()
     if not points:
         raise ValueError("no points to plot (the reports hold no rows)")
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
     seen = set()
-    for p in points:
+    several = False
+    for p in group_points(points):
         color, marker = STYLE.get(p["method"], ("tab:gray", "D"))
-        ax.scatter(p["speedup"], p["quality_kept"], c=color, marker=marker, s=70 if marker == "*" else 40,
-                   label=p["method"] if p["method"] not in seen else None, zorder=3)
+        has_err = p["n"] > 1
+        several |= has_err
+        ax.errorbar(p["speedup"], p["quality_kept"], xerr=p["speedup_std"] if has_err else None,
+                    yerr=p["quality_std"] if has_err else None, fmt=marker, color=color, ecolor=color,
+                    elinewidth=1, capsize=3, markersize=9 if marker == "*" else 6, zorder=3,
+                    label=p["method"] if p["method"] not in seen else None)
         seen.add(p["method"])
-        ax.annotate(p["label"], (p["speedup"], p["quality_kept"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
+        ax.annotate(p["label"] + (f" (n={p['n']})" if has_err else ""), (p["speedup"], p["quality_kept"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for i, t in enumerate(targets):
+        ax.axhline(float(t["quality_kept"]), color="tab:purple", lw=1.2, ls=(0, (5, 3 + i)), zorder=2,
+                   label=t["label"])
     metrics = sorted({p.get("metric", "") for p in points} - {""})
     ax.axhline(100.0, color="black", lw=0.5, ls=":")
     ax.axvline(1.0, color="black", lw=0.5, ls=":")
     ax.set_xlabel("generation speedup over dense (x)")
     ax.set_ylabel(f"quality kept (% of dense{', ' + '/'.join(metrics) if metrics else ''})")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + ("\n(error bars: mean +- std over seeds)" if several else ""), fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.margins(y=0.08)  # a target line at the edge stays visible
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reports", nargs="+", help="report.json files of evaluate runs")
     p.add_argument("-o", "--output", default="speedup.png", help="PNG to write")
     p.add_argument("--title", default="quality vs speed")
+    p.add_argument("--target", type=float, default=None, help="draw a target line at this quality kept (%%)")
     args = p.parse_args(argv)
-    out = plot_points(points_from_files(args.reports), args.output, title=args.title)
+    targets = [] if args.target is None else [{"quality_kept": args.target, "label": f"target: {args.target:g}% kept"}]
+    out = plot_points(points_from_files(args.reports), args.output, title=args.title, targets=targets)
     print(out)
     return 0
 

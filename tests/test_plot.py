@@ -57,3 +57,48 @@ def test_mask_figures_are_drawn_once_per_eval_interval_and_at_the_end():
             drawn.append(step)
             last = step
     assert drawn == [5, 50, 95]
+
+
+def test_quality_plot_draws_measured_points_with_seed_error_bars_and_targets_as_lines(tmp_path):
+    from nash_ds.plot import group_points, plot_points
+
+    points = [{"method": "dense", "label": "dense", "speedup": 1.0, "quality_kept": 100.0, "metric": "rougeL"}]
+    points += [{"method": "nash", "label": "nash k=3", "speedup": s, "quality_kept": q, "metric": "rougeL"}
+               for s, q in ((2.5, 96.0), (2.7, 98.0))]  # two seeds of one recipe
+    grouped = {p["label"]: p for p in group_points(points)}
+    assert grouped["nash k=3"]["n"] == 2 and grouped["nash k=3"]["quality_kept"] == 97.0
+    assert abs(grouped["nash k=3"]["quality_std"] - 2 ** 0.5) < 1e-12 and grouped["dense"]["quality_std"] == 0.0
+
+    import matplotlib.axes
+
+    drawn = {"errorbar": [], "axhline": []}
+    real = {k: getattr(matplotlib.axes.Axes, k) for k in drawn}
+
+    def spy(kind):
+        def f(self, *a, **kw):
+            drawn[kind].append((a, kw))
+            return real[kind](self, *a, **kw)
+        return f
+
+    try:
+        for k in drawn:
+            setattr(matplotlib.axes.Axes, k, spy(k))
+        out = plot_points(points, tmp_path / "q.png", targets=[{"quality_kept": 97.0, "label": "target: 97% kept"}])
+    finally:
+        for k, f in real.items():
+            setattr(matplotlib.axes.Axes, k, f)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert len(drawn["errorbar"]) == 2  # dense and one NASH point at the mean of its seeds
+    nash = next(kw for a, kw in drawn["errorbar"] if a[0] == 2.6)
+    assert abs(nash["yerr"] - 2 ** 0.5) < 1e-12 and drawn["errorbar"][0][1]["yerr"] is None
+    assert [(a[0], kw.get("label")) for a, kw in drawn["axhline"] if kw.get("label")] == [(97.0, "target: 97% kept")]
+
+
+def test_quality_bench_replots_from_the_table_in_benchmarks_md():
+    from bench.quality import rows_from_markdown
+    from tests.helpers import REPO
+
+    rows = {r["model"]: r for r in rows_from_markdown((REPO / "docs" / "BENCHMARKS.md").read_text())}
+    assert rows["teacher"]["method"] == "dense" and rows["teacher"]["quality_kept"] == 100.0
+    assert "CoFi s=0.7" in rows  # "(closest to NASH k=2 speed)" stripped from the name
+    assert rows["NASH k=3"]["speedup_cpu"] > 0 and rows["NASH k=2"]["quality_kept"] > 0
