@@ -62,3 +62,22 @@ def test_readme_snippet_runs_without_a_terminal_or_questions(tmp_path, preset):
     assert "You are using a model of type" not in out, out
     summary = r.stdout.strip().splitlines()
     assert summary and summary[-1].strip(), out  # a generated summary was printed
+
+
+@pytest.mark.parametrize("preset", ["tiny-t5", "tiny-mt5", "tiny-bart", "tiny-mbart"])
+def test_exports_have_the_stock_model_type_and_nash_ds_loads_its_own_classes(tmp_path, preset):
+    import json
+
+    from nash_ds.models import load_config
+
+    demo_like_export(preset, tmp_path / "export")
+    config_json = json.loads((tmp_path / "export" / "config.json").read_text())
+    stock = family_for(load_model(f"preset:{preset}").config).model_types[0]
+    assert config_json["model_type"] in (stock, "t5")  # an mT5 export is a T5 with per-layer widths
+    assert config_json["auto_map"]["AutoConfig"].startswith("configuration_nash_")
+    config = load_config(str(tmp_path / "export"))
+    assert family_for(config).is_export(config) and type(config).__module__.startswith("nash_ds.models.remote")
+    model = load_model(str(tmp_path / "export"))
+    assert type(model).__module__.startswith("nash_ds.models.remote")  # never the directory's own code
+    with pytest.raises(ValueError, match="cannot prune a pruned"):
+        family_for(config).check_prunable(config)
