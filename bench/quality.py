@@ -20,6 +20,7 @@ Recipes (``--recipes``, comma list): ``nash-k<K>`` (k decoder layers kept, encod
     python bench/quality.py --recipes nash-k2,cofi-0.6 --out runs/bench_quality_b
     python bench/quality.py --teacher-steps 20 --prune-steps 20 --final-steps 10 --out /tmp/q --plot /tmp/q.png  # smoke
     python bench/quality.py --evaluate-only                            # re-evaluate finished runs
+    python bench/quality.py --replot-from-table docs/BENCHMARKS.md     # redraw the PNG from the doc's table
 """
 
 from __future__ import annotations
@@ -117,22 +118,39 @@ def table(rows: list[dict], *, target_kept: float, nash_sparsity: float, matched
 
 
 def draw(result: dict, args) -> Path:
-    """Quality kept against speedup, one point per model, with ``nash_ds.plot``."""
+    """Quality kept against speedup with ``nash_ds.plot``: measured points only (several seeds of a recipe:
+    mean +- std), the NASH k=3 target as a labelled dashed line."""
     from nash_ds.plot import plot_points
 
     points = [{"method": "dense" if r["model"] == "teacher" else r["method"],
                "label": "teacher (dense)" if r["model"] == "teacher" else r["model"],
                "speedup": r["speedup_cpu" if args.plot_speedup == "cpu" else "speedup"],
                "quality_kept": r["quality_kept"], "metric": r["metric"]} for r in result["rows"]]
-    nash3 = [p for p in points if p["label"] == "NASH k=3"]
-    if nash3:  # the target as a marker under NASH k=3; it also keeps the y axis from magnifying noise
-        points.append({"method": f"target ({args.target_kept:g}% kept)", "label": "NASH k=3 target",
-                       "speedup": nash3[0]["speedup"], "quality_kept": args.target_kept, "metric": nash3[0]["metric"]})
+    targets = [{"quality_kept": args.target_kept, "label": f"target: NASH k=3 keeps >= {args.target_kept:g}%"}]
     kind = "process CPU time" if args.plot_speedup == "cpu" else "wall time"
     first = result["rows"][0]
     title = (f"{result['config']['data']['task']} task, {result['config']['model']['name_or_path']}: quality kept vs "
              f"speedup\n({kind}, {first['device']}, batch {first['batch_size']}, {first['num_beams']} beam(s))")
-    return plot_points(points, args.plot, title=title)
+    return plot_points(points, args.plot, title=title, targets=targets)
+
+
+def rows_from_markdown(text: str) -> list[dict]:
+    """The rows of this bench's table (``table``) as printed in a Markdown file such as docs/BENCHMARKS.md:
+    the first table whose header starts with ``| recipe | method | ROUGE-L | kept % |``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe | method | ROUGE-L | kept % |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        rows.append({"model": re.sub(r"\s*\(.*\)$", "", cells["recipe"]), "method": cells["method"],
+                     "metric": "rougeL", "value": float(cells["ROUGE-L"]),
+                     "quality_kept": float(cells["kept %"]),
+                     "speedup": float(cells["speedup (wall)"].rstrip("x")),
+                     "speedup_cpu": float(cells["speedup (CPU time)"].rstrip("x"))})
+    return rows
 
 
 def evaluate(args, models: dict[str, Path], common: list[str]) -> dict:
@@ -205,9 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-kept", type=float, default=97.0, help="quality kept target (%%) for NASH k=3")
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the finished runs")
     p.add_argument("--replot", action="store_true", help="only redraw the table and --plot from <out>/quality.json")
+    p.add_argument("--replot-from-table", metavar="MARKDOWN", default=None,
+                   help="only redraw --plot from the table printed in this file (docs/BENCHMARKS.md), when the "
+                        "run's quality.json is gone; device, batch and beams as the table's run had them")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every stage")
     args = p.parse_args(argv)
 
+    if args.replot_from_table:
+        rows = rows_from_markdown(Path(args.replot_from_table).read_text())
+        for r in rows:
+            r.update(device="cpu", batch_size=1, num_beams=1)
+        result = {"rows": rows, "config": {"data": {"task": args.task}, "model": {"name_or_path": args.model}}}
+        print(draw(result, args))
+        return 0
     out = Path(args.out).resolve()
     args.out = str(out)
     if args.replot:  # tables and plot again from the saved result, no training, no timing

@@ -61,7 +61,7 @@ def random_encoder_plan(family, student, *, sparsity: float, seed: int, uniform:
     prunable parameters add up to (1 - sparsity) of the dense encoder's (within one FFN dim per layer).
 
     ``uniform``: every encoder layer keeps the same number of heads and FFN dims. For T5 the export
-    is then still a ``nash_t5`` model (stock T5 has one width for both stacks and the decoder stays
+    is then still a ``NashT5Config`` model (stock T5 has one width for both stacks and the decoder stays
     dense) while its stock twin has exactly its tensor shapes: the ratio is the export's own cost."""
     config = student.config
     layers, heads, d_ff, per_head, per_dim = encoder_sizes(family, config)
@@ -164,48 +164,57 @@ def bench_shape(shape: str, args, rows: list[dict]) -> None:
         del student
         for m in models.values():
             latency.prepare_model(m, device=device, dtype=dtype)
-        t0 = time.perf_counter()
-        measured = latency.measure_many(models, batch_size=args.batch_size, source_length=args.source_length,
-                                        new_tokens=args.new_tokens, num_beams=args.beams, warmup=args.warmup,
-                                        repeats=args.repeats, seed=args.seed)
-        print(f"[bench] {shape} k={k}: {len(models)} models timed in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
-        base = measured["dense"]
-        for name, row in measured.items():
-            if name == "dense" and k != args.k[0]:
-                continue  # dense is re-timed with every k group; keep the first group's row only
-            m = meta[name]
-            twin = measured.get(f"stock k={m['k']} s={m['sparsity']}") if m["kind"] == "nash" else None
-            rows.append({
-                "shape": shape, "model": name, **m,
-                "params_m": num_params(models[name]) / 1e6,
-                "enc_sparsity": encoder_sparsity(family, models[name], dense),
-                **{key: row[key] for key in ("encoder_ms", "decoder_ms_per_token", "generate_ms", "tokens_per_s",
-                                             "encoder_ms_min", "decoder_ms_per_token_min", "generate_ms_min",
-                                             "encoder_cpu_ms", "decoder_cpu_ms_per_token", "generate_cpu_ms")},
-                "speedup_cpu": base["generate_cpu_ms"] / row["generate_cpu_ms"],
-                "vs_stock_cpu": row["generate_cpu_ms"] / twin["generate_cpu_ms"] if twin else None,
-                "speedup": base["generate_ms"] / row["generate_ms"],
-                "speedup_min": base["generate_ms_min"] / row["generate_ms_min"],
-                "vs_stock": row["generate_ms"] / twin["generate_ms"] if twin else None,
-                "vs_stock_min": row["generate_ms_min"] / twin["generate_ms_min"] if twin else None,
-                "device": row["device"], "dtype": row["dtype"],
-            })
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1))
-        print(markdown(rows[-len(measured) + (k != args.k[0]):]), file=sys.stderr, flush=True)
+        for batch_size in _as_list(args.batch_size):
+            t0 = time.perf_counter()
+            measured = latency.measure_many(models, batch_size=batch_size, source_length=args.source_length,
+                                            new_tokens=args.new_tokens, num_beams=args.beams, warmup=args.warmup,
+                                            repeats=args.repeats, seed=args.seed)
+            print(f"[bench] {shape} k={k} batch {batch_size}: {len(models)} models timed in "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            base = measured["dense"]
+            added = 0
+            for name, row in measured.items():
+                if name == "dense" and k != args.k[0]:
+                    continue  # dense is re-timed with every k group; keep the first group's row only
+                m = meta[name]
+                twin = measured.get(f"stock k={m['k']} s={m['sparsity']}") if m["kind"] == "nash" else None
+                rows.append({
+                    "shape": shape, "model": name, **m, "batch_size": batch_size,
+                    "params_m": num_params(models[name]) / 1e6,
+                    "enc_sparsity": encoder_sparsity(family, models[name], dense),
+                    **{key: row[key] for key in ("encoder_ms", "decoder_ms_per_token", "generate_ms",
+                                                 "tokens_per_s", "encoder_ms_min", "decoder_ms_per_token_min",
+                                                 "generate_ms_min", "encoder_cpu_ms", "decoder_cpu_ms_per_token",
+                                                 "generate_cpu_ms")},
+                    "speedup_cpu": base["generate_cpu_ms"] / row["generate_cpu_ms"],
+                    "vs_stock_cpu": row["generate_cpu_ms"] / twin["generate_cpu_ms"] if twin else None,
+                    "speedup": base["generate_ms"] / row["generate_ms"],
+                    "speedup_min": base["generate_ms_min"] / row["generate_ms_min"],
+                    "vs_stock": row["generate_ms"] / twin["generate_ms"] if twin else None,
+                    "vs_stock_min": row["generate_ms_min"] / twin["generate_ms_min"] if twin else None,
+                    "device": row["device"], "dtype": row["dtype"],
+                })
+                added += 1
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
+            print(markdown(rows[-added:]), file=sys.stderr, flush=True)
         for m in list(models):
             if m != "dense":
                 del models[m]
 
 
+def _as_list(value) -> list[int]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def markdown(rows: list[dict], *, clock: str = "wall") -> str:
-    """One line per model. wall: median (min) over the repeats; cpu: median process CPU time."""
-    head = ("| shape | model | k | enc. sparsity | params (M) | encoder ms | decoder ms/token | generate ms | "
+    """One line per model and batch size. wall: median (min) over the repeats; cpu: median process CPU time."""
+    head = ("| shape | model | k | batch | enc. sparsity | params (M) | encoder ms | decoder ms/token | generate ms | "
             "speedup vs dense | export / stock twin |")
-    lines = [head, "|" + "|".join(["---"] * 10) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 11) + "|"]
     for r in rows:
-        cells = [r["shape"], r["model"], str(r["k"]), f"{r['enc_sparsity']:.3f}", f"{r['params_m']:.1f}"]
+        cells = [r["shape"], r["model"], str(r["k"]), str(r.get("batch_size", 1)), f"{r['enc_sparsity']:.3f}",
+                 f"{r['params_m']:.1f}"]
         if clock == "cpu":
             vs = "" if r["vs_stock_cpu"] is None else f"{r['vs_stock_cpu']:.3f}"
             cells += [f"{r['encoder_cpu_ms']:.0f}", f"{r['decoder_cpu_ms_per_token']:.1f}", f"{r['generate_cpu_ms']:.0f}",
@@ -233,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="t5-base", help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--k", type=_ints, default=[2, 3, 4], help="decoder layers kept, comma list")
     p.add_argument("--sparsity", type=_floats, default=[0.0, 0.3, 0.5], help="encoder sparsities, comma list")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=_ints, default=[1], help="batch sizes, comma list (models built once)")
     p.add_argument("--source-length", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--beams", type=int, default=1)
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         bench_shape(shape, args, rows)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, device {rows[0]['device']}, dtype {rows[0]['dtype']}, batch {args.batch_size}, "
+          f"{torch.get_num_threads()}, device {rows[0]['device']}, dtype {rows[0]['dtype']}, "
+          f"batch {','.join(map(str, args.batch_size))}, "
           f"{args.source_length} in / {args.new_tokens} out, beams {args.beams}, warmup {args.warmup}, "
           f"median (min) of {args.repeats} interleaved repeats, {'uniform' if args.uniform else 'per-layer'} "
           "encoder widths")

@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     compat.check_versions()
     dist.init_distributed()
-    if not dist.is_rank_zero():
-        import datasets
-
-        datasets.disable_progress_bars()
+    nash_log.quiet_library_progress()  # bars on rank 0's terminal only; none in files (Slurm, `> log`)
     t0 = time.perf_counter()
     code, late, failure = None, "", None
     try:

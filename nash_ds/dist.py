@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -23,6 +24,10 @@ from nash_ds import compat
 from nash_ds.errors import Preempted, RankFailedError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+"""Ranks on this node, as torchrun / launch/srun_task.sh, DeepSpeed's launcher, Slurm, Open MPI set them."""
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -30,6 +35,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ranks_on_node(env: dict | None = None) -> int:
+    """How many ranks share this node, from the launcher's variables (1 when none says)."""
+    env = os.environ if env is None else env
+    for name in LOCAL_SIZE_VARS:
+        value = env.get(name, "").split("(")[0]  # Slurm may write "2(x3)"
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def threads_per_rank(env: dict | None = None) -> tuple[int | None, str]:
+    """(torch intra-op threads for this rank, why): the cores this process may use divided by the ranks on
+    the node, at least 1; None when the user set ``OMP_NUM_THREADS`` (then it is theirs)."""
+    env = os.environ if env is None else env
+    if env.get("OMP_NUM_THREADS"):
+        return None, f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} set by the user"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    world = env.get("WORLD_SIZE", "")
+    ranks = min(ranks_on_node(env), int(world)) if world.isdigit() and int(world) > 0 else ranks_on_node(env)
+    return max(1, cores // ranks), f"{cores} cores / {ranks} rank(s) on this node"
+
+
+def set_threads_per_rank() -> None:
+    """Set torch's intra-op threads once per process (``threads_per_rank``); without it every rank of a
+    multi-rank CPU job runs as many OpenMP threads as the node has cores and they stall each other
+    (DeepSpeed's launcher sets OMP_NUM_THREADS only with --bind_cores_to_rank)."""
+    threads, why = threads_per_rank()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log.info("torch threads per rank: %d (%s)", torch.get_num_threads(), why)
 
 
 def init_distributed() -> None:
@@ -40,6 +77,7 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    set_threads_per_rank()
     import deepspeed
 
     if not torch.cuda.is_available():

@@ -22,6 +22,7 @@ from nash_ds import checkpoint as ckpt
 from nash_ds import dist, stop
 from nash_ds.config import RunConfig
 from nash_ds.errors import Preempted
+from nash_ds.log import Progress
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,7 @@ class Trainer:
             log.info("step 0 (the starting model): %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             best = self._update_best(best, 0, metrics)
             self.save(engine, 0, best)
-        progress = None
-        if dist.is_rank_zero():
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=t.max_steps, initial=start, desc=self.log_prefix, dynamic_ncols=True)
+        progress = Progress(total=t.max_steps, initial=start, desc=self.log_prefix) if dist.is_rank_zero() else None
         metrics: dict = {}
         tokens, t0 = 0, time.perf_counter()
         step = start
@@ -211,13 +208,14 @@ class Trainer:
             self.task.after_optimizer_step(engine)
             extra = self.task.step_logs(engine, step) if step % t.log_every == 0 or step == t.max_steps else {}
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{logs_acc.get('loss', float('nan')):.4f}")
+                progress.step(logs_acc.get("loss", float("nan")))
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - t0
                 totals = dist.sum_across_ranks({**logs_acc, "_tokens": tokens})  # logs are means over ranks
                 scalars = {k: v / self.num_ranks for k, v in totals.items() if k != "_tokens"}
                 scalars["tokens_per_sec"] = totals["_tokens"] / max(elapsed, 1e-9)
+                if progress is not None:  # before _log_scalars, which takes the images out of extra
+                    progress.logged(step, {**scalars, **extra}, lr=optimizer.param_groups[0]["lr"])
                 self._log_scalars(step, scalars, optimizer, groups, extra)
                 tokens, t0 = 0, time.perf_counter()
             do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.max_steps
@@ -276,7 +274,7 @@ class Trainer:
         self._log(step, scalars)
         if self.writer is not None:
             for name, img in images.items():
-                self.writer.add_image(name, img, step, dataformats="HW")
+                self.writer.add_image(name, img, step, dataformats="HWC" if img.ndim == 3 else "HW")
 
     def _update_best(self, best: dict, step: int, metrics: dict) -> dict:
         t = self.cfg.train

@@ -402,9 +402,9 @@ def test_export_roundtrip(tmp_path, family, plan_kind):
         name = "bart" if family == "bart" else "t5"
         code = {f"modeling_nash_{name}.py", f"configuration_nash_{name}.py", "modeling_nash_utils.py"}
         assert code <= files
-        if config["model_type"] not in CONFIG_MAPPING:  # nash_ds.models registers it when loading
-            with pytest.raises(ValueError):  # needs trust_remote_code
-                AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=False)
+        assert config["model_type"] in CONFIG_MAPPING  # the stock type: AutoTokenizer needs no remote code
+        with pytest.raises(RuntimeError, match="mismatch"):  # the stock class refuses the per-layer widths
+            AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=False)
     loaded, info = AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=remote,
                                                          output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -31,7 +31,7 @@ FAMILIES: tuple[Family, ...] = (T5Family(), MT5Family(), BartFamily(), MBartFami
 
 _BY_TYPE: dict[str, Family] = {}
 for _family in FAMILIES:
-    for _type in (*_family.model_types, _family.export_model_type):
+    for _type in _family.model_types:
         _BY_TYPE.setdefault(_type, _family)
 PRESETS: dict[str, dict[str, Any]] = {name: kw for f in FAMILIES for name, kw in f.presets.items()}
 """Tiny random-init models for tests and the demo: ``load_model("preset:<name>")``."""
@@ -49,7 +49,7 @@ def supported_model_types() -> list[str]:
 def family_for(config_or_model: Any) -> Family:
     """The Family of a config, a model or a model_type string (never by name or path).
 
-    Pruned exports with per-layer widths (``nash_*`` model types) belong to the family they came from.
+    Pruned exports with per-layer widths carry the stock model_type of the family they came from.
     """
     if isinstance(config_or_model, str):
         model_type = config_or_model
@@ -62,20 +62,16 @@ def family_for(config_or_model: Any) -> Family:
 
 
 def register_export_classes() -> None:
-    """Let transformers' Auto classes build our pruned exports from the installed nash_ds code.
+    """Let ``AutoModelForSeq2SeqLM`` build our pruned exports from the installed nash_ds code.
 
     The exports also carry the same code for ``trust_remote_code=True`` users; inside nash-ds we
-    never execute code from a model directory.
+    never execute code from a model directory. Their configs have the stock model_type (``load_config``
+    turns them into our config classes), so only the model classes are registered, by config class.
     """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
 
     for family in FAMILIES:
-        config_cls, model_cls = family.remote_config_class, family.remote_model_class
-        try:
-            AutoConfig.register(config_cls.model_type, config_cls)
-            AutoModelForSeq2SeqLM.register(config_cls, model_cls)
-        except ValueError:  # already registered in this process
-            pass
+        AutoModelForSeq2SeqLM.register(family.remote_config_class, family.remote_model_class, exist_ok=True)
 
 
 def load_full_state(model: nn.Module, state: dict[str, torch.Tensor], *, what: str = "checkpoint") -> None:
@@ -244,5 +240,4 @@ def load_config(name_or_path: str) -> Any:
                              f"({' '.join(str(e).split())[:200]}); export the model again") from e
         raise ValueError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
                          f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
-    family_for(config)  # reject unsupported families before loading any weight
-    return config
+    return family_for(config).export_config(config)  # rejects unsupported families before any weight is read

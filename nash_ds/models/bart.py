@@ -43,7 +43,6 @@ class BartFamily(Family):
 
     name = "bart"
     model_types = ("bart",)
-    export_model_type = "nash_bart"
     presets = {"tiny-bart": dict(model_type="bart", d_model=64, encoder_layers=4, decoder_layers=4,
                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
                                  decoder_ffn_dim=128, max_position_embeddings=512)}

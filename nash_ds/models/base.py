@@ -144,8 +144,6 @@ class Family:
     """Short family name, used in messages and reports."""
     model_types: tuple[str, ...] = ()
     """``config.model_type`` values this family prunes (and finetunes, finalizes, evaluates)."""
-    export_model_type: str = ""
-    """``model_type`` of this family's pruned exports with per-layer widths (its remote classes)."""
     presets: Mapping[str, dict[str, Any]] = {}
     """Tiny random-init models (``preset:<name>``): config kwargs, ``model_type`` included."""
     shapes: Mapping[str, dict[str, Any]] = {}
@@ -169,7 +167,7 @@ class Family:
 
         from nash_ds.compat import lm_head_is_tied, untie_lm_head
 
-        if config.model_type == self.export_model_type:
+        if self.is_export(config):
             model = self.remote_model_class(config)
         else:
             model = AutoModelForSeq2SeqLM.from_config(config)
@@ -345,10 +343,12 @@ class Family:
     def check_prunable(self, config: Any) -> None:
         """Raise ValueError if ``config`` describes a model this family cannot prune physically
         (called before any training, so a run that could not finalize never starts)."""
+        if self.is_export(config):
+            raise ValueError(f"cannot prune a pruned {self.name} export with per-layer widths "
+                             f"({type(config).__name__}) again")
         if config.model_type not in self.model_types:
             raise ValueError(f"cannot prune model_type {config.model_type!r}; the {self.name} family prunes "
-                             f"{list(self.model_types)} (an already pruned {self.export_model_type} export "
-                             "cannot be pruned again)")
+                             f"{list(self.model_types)}")
 
     def pruned_config(self, config: Any, plan: Any) -> Any:
         """Config of the pruned model: the stock class's with new sizes when they fit, else the family's
@@ -367,6 +367,26 @@ class Family:
     def remote_config_class(self) -> type:
         """Config class of the exports with per-layer widths (``models/remote``)."""
         raise NotImplementedError
+
+    def is_export(self, config: Any) -> bool:
+        """Whether ``config`` is this family's pruned export with per-layer widths. Its ``model_type`` is the
+        stock one, so the class tells (by name: a copy loaded from an export's own code counts too)."""
+        try:
+            return type(config).__name__ == self.remote_config_class.__name__
+        except NotImplementedError:
+            return False
+
+    def export_config(self, config: Any) -> Any:
+        """``config`` as the remote config class when it is an export read by stock ``AutoConfig`` (the
+        stock model_type gives the stock class; config.json's ``auto_map`` names ours), else ``config``."""
+        ref = (getattr(config, "auto_map", None) or {}).get("AutoConfig", "")
+        try:
+            cls = self.remote_config_class
+        except NotImplementedError:
+            return config
+        if ref.rsplit(".", 1)[-1] != cls.__name__ or self.is_export(config):
+            return config
+        return cls.from_dict(config.to_dict())
 
     @property
     def remote_model_class(self) -> type:

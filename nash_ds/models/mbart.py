@@ -2,7 +2,7 @@
 
 Structure and pruning rules are BART's (``BartFamily``); the norms include each stack's final
 ``layer_norm`` (their keys are kept, sliced along hidden dims like every norm). Pruned exports with
-per-layer widths are ``nash_mbart`` models (``models/remote/modeling_nash_mbart.py``).
+per-layer widths are ``NashMBartConfig`` models (``models/remote/modeling_nash_mbart.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class MBartFamily(BartFamily):
 
     name = "mbart"
     model_types = ("mbart",)
-    export_model_type = "nash_mbart"
     presets = {"tiny-mbart": dict(model_type="mbart", **_TINY)}
     shapes = {"mbart-large": _shape(1024, 16, 4096, 12)}
     shape_aliases = {"facebook/mbart-large-cc25": "mbart-large", "facebook/mbart-large-50": "mbart-large",

@@ -4,7 +4,7 @@ The module layout is T5's, so everything structural comes from ``T5Family``. Wha
 model type and config class (``MT5Config``), the presets and shapes, and the head: transformers
 5.24's MT5Config forces ``tie_word_embeddings=True`` and keeps no trace of the checkpoint's untied
 head, so every mT5 is taken to hold its own (as the published checkpoints do). Pruned exports with
-per-layer widths are ``nash_t5`` models (same modules) without the decoder-output scaling.
+per-layer widths are ``NashT5Config`` models (same modules) without the decoder-output scaling.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ class MT5Family(T5Family):
 
     def head_is_untied(self, config: Any) -> bool:
         """Stock mT5 checkpoints hold their own head (exports: as their config's scaling flag says)."""
-        if config.model_type == self.export_model_type:
+        if self.is_export(config):
             return super().head_is_untied(config)
         return True
 
     def pruned_config(self, config: Any, plan) -> Any:
-        """As T5, and a ``nash_t5`` export of an mT5 model does not scale its decoder outputs."""
+        """As T5, and a ``NashT5Config`` export of an mT5 model does not scale its decoder outputs."""
         new = super().pruned_config(config, plan)
-        if new.model_type == self.export_model_type:
+        if self.is_export(new):
             new.scale_decoder_outputs = False
         return new

@@ -174,7 +174,7 @@ def num_params_from_plan(config, plan: PruningPlan) -> int:
 def is_remote(model_or_config) -> bool:
     """Whether a (pruned) model or config needs our own modeling code to be loaded."""
     config = getattr(model_or_config, "config", model_or_config)
-    return config.model_type == family_for(config).export_model_type
+    return family_for(config).is_export(config)
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,6 @@ class T5Family(Family):
 
     name = "t5"
     model_types = ("t5",)
-    export_model_type = "nash_t5"
     presets = {
         "tiny-t5": dict(model_type="t5", feed_forward_proj="relu", **_TINY),
         # the demo's: 8+8 layers, so that decoder depth dominates generation time as in real T5 (transformers

@@ -43,7 +43,7 @@ def default_model(cfg: RunConfig) -> Path:
 
 
 def load_for_eval(name_or_path: str | Path):
-    """A stock or pruned (nash_t5 / nash_bart) seq2seq model in eval mode; pruned exports are built
+    """A stock or pruned (per-layer widths) seq2seq model in eval mode; pruned exports are built
     from the installed nash_ds classes, never from code inside the directory."""
     from nash_ds.models import load_model
 

@@ -7,7 +7,7 @@
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
 5. write the export in ``model.export_dtype``, reload it from disk and compare its logits with the masked
-   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json}`` in one
+   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json, masks_*.png}`` in one
    rename.
 Other ranks wait.
 
@@ -168,6 +168,10 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
             report["self_check"]["reloaded"] = check_export(tmp / "model", reference, batches, dtype=export_dtype,
                                                             atol=cfg.finalize.atol)
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
+            if masking.maskset is not None:  # the masks as pictures beside the report (masks_<name>.png)
+                from nash_ds.plot import save_mask_figures
+
+                save_mask_figures(masking.maskset.alive_probabilities(), masking.maskset.deterministic_masks(), tmp)
     return report
 
 

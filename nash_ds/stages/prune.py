@@ -120,6 +120,7 @@ class PruneTask:
         if teacher is not None:
             self.t_enc = BlockOutputs(teacher_family.layers(teacher, "encoder"))
             self.t_dec = BlockOutputs(teacher_family.layers(teacher, "decoder"))
+        self._figures_at: int | None = None  # the step the mask figures were last drawn
 
     def param_groups(self) -> list[dict]:
         m, p = self.module, self.cfg.prune
@@ -197,7 +198,12 @@ class PruneTask:
             if z.ndim == 2:  # [layers, units]: units kept per layer
                 for i, kept in enumerate(z.sum(dim=1).tolist()):
                     summary[f"kept/{name}/layer_{i}"] = kept
-        summary["images"] = {f"masks/{name}": a.float().cpu() for name, a in alive.items() if a.ndim == 2}
+        if dist.is_rank_zero() and mask_figures_due(step, self._figures_at, self.cfg.train):
+            from nash_ds.plot import mask_images
+
+            self._figures_at = step
+            summary["images"] = mask_images({k: v.float().cpu() for k, v in alive.items()},
+                                            {k: v.float().cpu() for k, v in det.items()})
         return summary
 
     def export(self, state, out_dir: Path) -> None:
@@ -215,6 +221,13 @@ class PruneTask:
             if mask_state:
                 save_file({k: v.contiguous() for k, v in mask_state.items()}, str(tmp / "masks.safetensors"))
             (tmp / ckpt.META_FILE).write_text(json.dumps(self.meta, indent=1))
+
+
+def mask_figures_due(step: int, last: int | None, train) -> bool:
+    """Whether a logging step draws the mask figures (~0.2 s each): the first one, then one per
+    ``train.eval_every`` steps (per 10 logging steps without evaluation), and the last step."""
+    every = train.eval_every or 10 * train.log_every
+    return step == train.max_steps or last is None or step // every > last // every
 
 
 def build_student(cfg: RunConfig, teacher, family, ds: dict, kept: list[int]):

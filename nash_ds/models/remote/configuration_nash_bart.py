@@ -1,7 +1,9 @@
 """Config of a physically pruned BART with per-layer head counts, FFN widths and any d_model.
 
 Self-contained (imports only transformers): copied into exported model directories and loaded
-with ``trust_remote_code=True`` through ``auto_map``.
+with ``trust_remote_code=True`` through ``auto_map``. ``model_type`` is the stock one, so that code
+which only needs the config's family (``AutoTokenizer``, stock ``AutoConfig``) reads the directory
+without remote code and without asking; only the model needs ``trust_remote_code=True``.
 """
 
 from transformers import BartConfig
@@ -14,7 +16,8 @@ class NashBartConfig(BartConfig):
     scale no longer follow from it, so they are stored explicitly.
     """
 
-    model_type = "nash_bart"
+    model_type = "bart"  # the stock type: stock transformers (AutoTokenizer) reads the directory
+    # as the bart model it is; auto_map sends AutoConfig / AutoModelForSeq2SeqLM here
     _auto_class = "AutoConfig"
 
     nash_head_dim: int | None = None

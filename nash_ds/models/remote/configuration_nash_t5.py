@@ -1,7 +1,9 @@
 """Config of a physically pruned T5 with per-layer head sets and FFN widths.
 
 Self-contained (imports only transformers): copied into exported model directories and loaded
-with ``trust_remote_code=True`` through ``auto_map``.
+with ``trust_remote_code=True`` through ``auto_map``. ``model_type`` is the stock one, so that code
+which only needs the config's family (``AutoTokenizer``, stock ``AutoConfig``) reads the directory
+without remote code and without asking; only the model needs ``trust_remote_code=True``.
 """
 
 from transformers import T5Config
@@ -15,7 +17,8 @@ class NashT5Config(T5Config):
     ``d_ff`` stays the original width (only used for initialisation scales).
     """
 
-    model_type = "nash_t5"
+    model_type = "t5"  # the stock type: stock transformers (AutoTokenizer) reads the directory
+    # as the t5 model it is; auto_map sends AutoConfig / AutoModelForSeq2SeqLM here
     _auto_class = "AutoConfig"
 
     nash_encoder_heads: list[list[int]] | None = None
