@@ -13,8 +13,8 @@ What it runs (1 rank, random weights: the check is about the machinery, kernels 
    (``--device cpu``: the fp32 configs ``zero2_fp32.json`` / ``zero3_fp32.json``);
 3. the speed table of ``bench/speed.py`` (dense vs NASH export vs its stock twin, k=3, s=0.3, batch 1 and
    8) for the T5-base and BART-large shapes (``--smoke``: tiny-t5 and tiny-bart);
-4. a latency profile through ``run.py profile`` when ``nash_ds/stages/profile.py`` exists, else
-   recorded as "not available".
+4. a latency profile of the fine-tuned dense model through ``run.py profile`` when
+   ``nash_ds/stages/profile.py`` exists, else recorded as "not available".
 
 Each part is recorded (status, seconds, numbers, the end of its log); a failed stage skips the stages
 that need its output, and ``--budget-s`` skips what would start after that many seconds. Writes
@@ -220,8 +220,9 @@ class Check:
         if not (REPO / "nash_ds" / "stages" / "profile.py").is_file():
             self.parts["profile"] = {"status": "not available", "why": "nash_ds/stages/profile.py does not exist"}
             return
-        self.stage("profile", "profile", [f"model.name_or_path={self.run_dir / 'finalize' / 'model'}"],
-                   needs=("finalize",))
+        # the latency profile is of the dense shape the prune stage reads (a pruned export has no uniform shape)
+        self.stage("profile", "profile", [f"model.name_or_path={self.run_dir / 'finetune' / 'model'}"],
+                   needs=("finetune",))
 
     # -- reports ----------------------------------------------------------------------------
     def ok(self) -> bool:

@@ -2,7 +2,11 @@
 
 DeepSpeed writes ``<dir>/<tag>/`` shards on every rank. A checkpoint counts only once every rank
 has finished writing and rank 0 has dropped ``COMPLETE`` into it; a checkpoint interrupted half
-way is never picked up by a resume or by the finalizer.
+way is never picked up by a resume or by the finalizer. Every file of a checkpoint is fsynced, by the
+ranks that wrote it, before the marker is written (and the marker before it is renamed into place), so a
+marker never outlives its shards in a crash. When the newest complete checkpoint cannot be read (truncated,
+a marker that is not JSON), a resume and the finalizer fall back to the previous one and say so
+(``usable_tag``); a checkpoint whose pickle asks for code is refused, never skipped.
 
 Every checkpoint file is unpickled with ``weights_only=True`` and only the DeepSpeed classes of
 ``compat.CHECKPOINT_GLOBALS`` (``load_file``); before DeepSpeed's own readers (which unpickle with
@@ -37,6 +41,11 @@ META_KEYS = ("method", "family", "teacher", "kept_decoder_layers", "student_conf
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file or marker that cannot be read (truncated, missing, not JSON): an older checkpoint
+    may stand in for it. A refused pickle is a plain ``ValueError``: it is never skipped silently."""
+
+
 def tag_for(step: int) -> str:
     return f"step-{step:07d}"
 
@@ -45,8 +54,39 @@ def mark_complete(ckpt_dir: Path, tag: str, info: dict) -> None:
     """Rank 0, after a barrier: the checkpoint ``tag`` is whole."""
     path = ckpt_dir / tag / COMPLETE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(info, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` (and the directories) to stable storage: each rank calls it on the
+    checkpoint it has just written, before the barrier after which rank 0 marks it complete."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename or a new file in it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def complete_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
@@ -100,11 +140,12 @@ def read_info(ckpt_dir: Path, tag: str) -> dict:
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint marker ({e}); it is written by nash-ds when every "
-                         f"rank saved {tag}: delete {ckpt_dir / tag} to ignore that checkpoint") from e
+        raise UnreadableCheckpoint(f"{path} is not a readable checkpoint marker ({e}); it is written by nash-ds "
+                                   f"when every rank saved {tag}: delete {ckpt_dir / tag} to ignore that "
+                                   "checkpoint") from e
     if not isinstance(info, dict):  # a user's file, not a caller's type error
-        raise ValueError(f"{path} must hold a JSON object, got {type(info).__name__}; "  # noqa: TRY004
-                         f"delete {ckpt_dir / tag} to ignore that checkpoint")
+        raise UnreadableCheckpoint(f"{path} must hold a JSON object, got {type(info).__name__}; "  # noqa: TRY004
+                                   f"delete {ckpt_dir / tag} to ignore that checkpoint")
     return info
 
 
@@ -117,18 +158,18 @@ def load_file(path: str | os.PathLike, *, map_location=None):
         what = unsupported_global(e)
         if what is None:
             reason = str(e).split("WeightsUnpickler error:", 1)[-1].split("\n\n")[0].strip()
-            raise ValueError(f"could not read checkpoint file {path} ({reason[:200]}); it is truncated, not a "
-                             "torch.save file, or holds objects nash-ds does not unpickle") from e
+            raise UnreadableCheckpoint(f"could not read checkpoint file {path} ({reason[:200]}); it is truncated, "
+                                       "not a torch.save file, or holds objects nash-ds does not unpickle") from e
         raise ValueError(f"refused to load {path}: it is not a checkpoint DeepSpeed wrote for nash-ds (its pickle "
                          f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
                          "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
                          "checkpoint written by nash-ds") from e
     except FileNotFoundError as e:
-        raise ValueError(f"checkpoint file {path} does not exist") from e
+        raise UnreadableCheckpoint(f"checkpoint file {path} does not exist") from e
     except Exception as e:  # truncated, empty or not a torch.save file: name it
         reason = " ".join(str(e).split())[:160]
-        raise ValueError(f"could not read checkpoint file {path} ({type(e).__name__}: {reason}); it is truncated or "
-                         "not a torch.save file") from e
+        raise UnreadableCheckpoint(f"could not read checkpoint file {path} ({type(e).__name__}: {reason}); it is "
+                                   "truncated or not a torch.save file") from e
 
 
 def verify_loadable(tag_dir: Path) -> None:
@@ -139,6 +180,35 @@ def verify_loadable(tag_dir: Path) -> None:
     """
     for path in sorted(Path(tag_dir).glob("*.pt")):
         load_file(path, map_location="meta")
+
+
+def usable_tag(ckpt_dir: Path, tags: list[str] | None = None) -> tuple[str | None, dict]:
+    """(tag, marker record) of the newest complete checkpoint whose marker and files load safely, trying
+    ``tags`` (default: every complete one, newest first) in turn; ``(None, {})`` when there is none.
+
+    A checkpoint that cannot be read is skipped with a warning naming it and the one used instead; when
+    none can be read, the newest one's error is raised. A refused pickle is raised at once.
+    """
+    tags = [t for _, t in reversed(complete_tags(ckpt_dir))] if tags is None else tags
+    skipped: list[tuple[str, UnreadableCheckpoint]] = []
+    for tag in tags:
+        try:
+            info = read_info(ckpt_dir, tag)
+            verify_loadable(ckpt_dir / tag)
+        except UnreadableCheckpoint as e:
+            skipped.append((tag, e))
+            continue
+        for bad, e in skipped:
+            log.warning("checkpoint %s cannot be read (%s); falling back to the previous one", ckpt_dir / bad, e)
+        if skipped:
+            log.warning("using checkpoint %s", ckpt_dir / tag)
+        return tag, info
+    if skipped:
+        first = skipped[0][1]
+        if len(skipped) == 1:
+            raise first
+        raise UnreadableCheckpoint(f"{first}; no earlier complete checkpoint in {ckpt_dir} can be read either")
+    return None, {}
 
 
 def prune_old(ckpt_dir: Path, *, keep: int, protect: set[str]) -> None:

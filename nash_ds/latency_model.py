@@ -269,6 +269,7 @@ def _nonnegative_lstsq(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def measure(config: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int = 1, source_length: int = 64,
             new_tokens: int = 16, warmup: int = 2, repeats: int = 5, seed: int = 0) -> LatencyModel:
     """Time probe models of ``config``'s shape (random weights) and fit the latency model."""
+    from nash_ds import stop
     from nash_ds.latency import measure_many, prepare_model
     from nash_ds.models import family_for, select_decoder_layers
     from nash_ds.models.pruning import prune_model
@@ -299,6 +300,7 @@ def measure(config: Any, *, device: torch.device, dtype: torch.dtype, batch_size
              L_enc, L_dec, H, F, device, dtype, [p["k"] for p in depth_probes])
     rows.update(measure_many(models, **timing))
     del models
+    stop.at("profile:depths", "profile (between its probe groups)")
     width_probes = [p for p in grid if p["k"] == 1]
 
     def narrowed(one, p: dict):

@@ -173,6 +173,7 @@ class Trainer:
         lambdas = [_lr_lambda(g["schedule"], warmup=t.warmup_steps, total=t.max_steps, decay=t.lr_decay)
                    for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        stop.pause_point("startup")  # tests: a kill or a stop signal while the ranks start up
         engine = dist.initialize(self.task.module, optimizer=optimizer, lr_scheduler=scheduler, ds=self.ds_config)
         self.engine = engine
         start, best = self._resume(engine)
@@ -227,6 +228,7 @@ class Trainer:
                 best = self._update_best(best, step, metrics)
             if (t.save_every and step % t.save_every == 0) or step == t.max_steps or do_eval:
                 self.save(engine, step, best)
+            stop.pause_point(f"step:{step}")  # tests: a kill or a stop signal mid-training
             if self._stop_at == step:
                 stop.request(f"NASH_STOP_AT_STEP={step}")  # simulated preemption, same path as SIGUSR1
             if dist.any_rank(stop.requested()):
@@ -293,6 +295,8 @@ class Trainer:
             return
         engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": step, "best": best},
                                save_latest=False)
+        ckpt.fsync_tree(self.ckpt_dir / tag)  # on stable storage before any rank can see COMPLETE
+        stop.pause_point("checkpoint")  # tests: a kill or a stop signal with the shards written, no COMPLETE yet
         dist.barrier()
         if dist.is_rank_zero():
             ckpt.mark_complete(self.ckpt_dir, tag, {"step": step, "best": best, "world_size": self.num_ranks,
@@ -305,19 +309,14 @@ class Trainer:
     def _resume(self, engine) -> tuple[int, dict]:
         if not self.cfg.train.resume:
             return 0, {}
-        tag = dist.broadcast_object(ckpt.newest_complete(self.ckpt_dir) if dist.is_rank_zero() else None)
+        # DeepSpeed's loader unpickles with weights_only=False: every file must load safely first; an unreadable
+        # newest checkpoint gives way to the previous one (rank 0 chooses, every rank loads that one)
+        tag, info = dist.on_rank_zero(lambda: ckpt.usable_tag(self.ckpt_dir))
         if tag is None:
             return 0, {}
-        info = ckpt.read_info(self.ckpt_dir, tag)
         if info.get("method", "finetune") != self.task.method:
             raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
                              f"{self.task.method!r}; use another output_dir")
-        error = None
-        try:  # DeepSpeed's loader unpickles with weights_only=False: every file must load safely first
-            ckpt.verify_loadable(self.ckpt_dir / tag)
-        except ValueError as e:
-            error = e
-        dist.raise_if_any_rank(error)
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})

@@ -63,14 +63,12 @@ def check_before_training(cfg: RunConfig, out: Path, *, num_train: int, method: 
     ckpt_dir = out / "checkpoints"
     if not t.resume or (cfg.overwrite and (out / "model").exists()):
         return  # nothing to resume from (an overwritten output is removed first)
-    tag = ckpt.newest_complete(ckpt_dir)
+    tag, info = ckpt.usable_tag(ckpt_dir)  # loads safely; an unreadable newest one gives way to the previous
     if tag is None:
         return
-    info = ckpt.read_info(ckpt_dir, tag)
     if info.get("method", "finetune") != method:
         raise ValueError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
                          "another output_dir, or train.resume=false with overwrite=true to start again")
-    ckpt.verify_loadable(ckpt_dir / tag)
 
 
 def check_model_source(key: str, name_or_path: str) -> None:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from nash_ds import stop
 from nash_ds.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -22,5 +23,6 @@ def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict[str, Any]:
     from nash_ds.memory import estimate, format_table
 
     result = estimate(cfg, cfg.estimate)
+    stop.at("estimate", "estimate")
     log.info("%s", format_table(result))
     return result

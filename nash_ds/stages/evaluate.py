@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from nash_ds import dist, latency
+from nash_ds import dist, latency, stop
 from nash_ds.config import RunConfig, to_dict
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def task_metrics(model, tokenizer, cfg: RunConfig, eval_set) -> dict:
                              max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=False)
         preds += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         refs += [r["target"] for r in rows]
+        stop.at("evaluate:generate", "evaluate (generation)")
     latency.synchronize(device)
     seconds = time.perf_counter() - t0
     names = metric_names_for(cfg.data.task) if not cfg.data.mixture else None
@@ -233,6 +234,7 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
         points = points_from_report(result)
         if len(points) > 1:  # a baseline and at least one model with a defined quality kept
             plot_points(points, tmp / "speedup.png", title=f"{cfg.data.task}: quality vs speed")
+        stop.at("evaluate:publish", "evaluate (before publishing the report)")
 
 
 def _check_not_finished(cfg: RunConfig, stage_dir: Path) -> None:

@@ -7,8 +7,8 @@
 4. self-check: the masked and the pruned model give the same logits on real batches, else
    exit non-zero and publish nothing;
 5. write the export in ``model.export_dtype``, reload it from disk and compare its logits with the masked
-   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json, masks_*.png}`` in one
-   rename.
+   model's again (``check_export``), then publish ``<output_dir>/finalize/{model/, pruning_report.json,
+   masks_*.png}`` in one rename.
 Other ranks wait.
 
 Memory (rank 0 holds the whole model): the checkpoint is read tensor by tensor and only the
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from nash_ds import checkpoint as ckpt
-from nash_ds import dist
+from nash_ds import dist, stop
 from nash_ds.config import RunConfig
 from nash_ds.errors import SelfCheckError
 from nash_ds.masks import Masking
@@ -54,14 +54,21 @@ def load_prune_checkpoint(path: Path, *, method: str, keep=None) -> tuple[dict, 
     """
     ckpt_dir, tag = ckpt.resolve_checkpoint(path)
     meta = ckpt.read_meta(ckpt_dir)
-    info = ckpt.read_info(ckpt_dir, tag)
+    if (Path(path) / ckpt.COMPLETE).is_file():  # a tag the user chose: that one or an error
+        info = ckpt.read_info(ckpt_dir, tag)
+    else:  # the newest that can be read (an unreadable newest one is skipped, with a warning)
+        tag, info = ckpt.usable_tag(ckpt_dir)
     if info.get("method") != method or meta.get("method") != method:
         raise ValueError(f"checkpoint {ckpt_dir / tag} was trained with method {info.get('method')!r} but "
                          f"prune.method is {method!r}; set prune.method={info.get('method')} or point "
                          "finalize.checkpoint at a checkpoint of this method")
     best = (info.get("best") or {}).get("tag")
-    if best and (ckpt_dir / best / ckpt.COMPLETE).is_file():
-        tag = best
+    if best and best != tag and (ckpt_dir / best / ckpt.COMPLETE).is_file():
+        try:
+            ckpt.verify_loadable(ckpt_dir / best)
+            tag = best
+        except ckpt.UnreadableCheckpoint as e:
+            log.warning("the best checkpoint %s cannot be read (%s); finalizing %s instead", ckpt_dir / best, e, tag)
     state = ckpt.consolidate(ckpt_dir, tag, keep=keep)
     return state, meta, tag, info
 
@@ -138,6 +145,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         student = family.from_config(student_config)
     load_full_state(student, student_state, what=f"checkpoint {source}")  # no copy: the student owns them
     del student_state
+    stop.at("finalize:read", "finalize (after reading the checkpoint)")
     kept = list(meta["kept_decoder_layers"])
     masking = Masking.build(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
                             teacher_config=teacher_config, deterministic=meta["deterministic"], mask_state=mask_state)
@@ -157,6 +165,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         del student
         gc.collect()
         diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
+        stop.at("finalize:check", "finalize (after the self-check)")
         report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
                               masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
         cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
@@ -172,6 +181,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
                 from nash_ds.plot import save_mask_figures
 
                 save_mask_figures(masking.maskset.alive_probabilities(), masking.maskset.deterministic_masks(), tmp)
+            stop.at("finalize:publish", "finalize (before publishing the export)")  # the temp dir is removed
     return report
 
 

@@ -15,8 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-from nash_ds import dist
+from nash_ds import dist, stop
 from nash_ds.config import RunConfig
+from nash_ds.errors import Preempted
 from nash_ds.stages import common
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict:
         t0 = time.perf_counter()
         results[name] = fn(cfgs[name], stage_dir=common.stage_dir(cfg, name))
         times[name] = time.perf_counter() - t0
+        stop.stop_point(f"pipeline:{name}")
+        if dist.any_rank(stop.requested()):  # between stages: the finished ones stay, the rerun skips them
+            raise Preempted(f"stopped by {stop.reason()} after the pipeline's {name} stage; rerun the same "
+                            "command to finish (Slurm requeues it)")
         dist.barrier()
     table = None
     if cfg.pipeline.evaluate:
