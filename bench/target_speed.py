@@ -108,7 +108,13 @@ def bench_shape(shape: str, args, batch_size: int) -> list[dict]:
           f"{model.dense_ms():.1f} ms", flush=True)
     torch.manual_seed(args.seed)
     dense = family.from_config(config).eval()
-    specs = {x: plan_for_target(model, x, seed=args.seed) for x in args.targets}
+    specs, unreachable = {}, []
+    for x in args.targets:
+        try:
+            specs[x] = plan_for_target(model, x, seed=args.seed)
+        except ValueError as e:  # beyond k=1 at the encoder-sparsity cap on this shape and machine: a row saying so
+            unreachable.append({"shape": shape, "batch_size": batch_size, "target": x, "unreachable": str(e),
+                                "best": model.best_speedup(1, 0.6)})
     models = {"dense": latency.prepare_model(dense, device=device, dtype=dtype)}
     for x, spec in specs.items():
         models[f"x{x:g}"] = latency.prepare_model(build(dense, family, spec), device=device, dtype=dtype)
@@ -127,13 +133,18 @@ def bench_shape(shape: str, args, batch_size: int) -> list[dict]:
                     "measured_over_target": measured / x, "generate_ms": r["generate_ms"],
                     "dense_generate_ms": d["generate_ms"], "profile_s": profile_s,
                     "probe_errors": [p["error"] for p in model.probes]})
-    return out
+    print(markdown(out + unreachable), flush=True)  # each shape's table as soon as it is timed
+    return out + unreachable
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| shape | batch | target | k | enc. sparsity | predicted | measured (wall) | measured (CPU) | "
              "measured / predicted | measured / target |", "|" + "|".join(["---"] * 10) + "|"]
     for r in rows:
+        if "unreachable" in r:
+            lines.append(f"| {r['shape']} | {r['batch_size']} | {r['target']:g}x | unreachable: "
+                         f"{r['unreachable'].split(': ', 1)[-1].split(';')[0]} | | | | | | |")
+            continue
         lines.append(f"| {r['shape']} | {r['batch_size']} | {r['target']:g}x | {r['k']} | "
                      f"{r['encoder_sparsity']:.3f} | {r['predicted']:.2f}x | {r['measured']:.2f}x | "
                      f"{r['measured_cpu']:.2f}x | "

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ENCODER_TERMS = ("base", "attn", "head", "ffn", "dim")
 DECODER_TERMS = ("first0", "first_layer", "token0", "token_layer")
+NOISY_FIT = 0.10
+"""A profile whose fit misses a probe by more than this is reported as noisy."""
 
 
 def shape_fingerprint(config: Any) -> str:
@@ -344,6 +346,10 @@ def measure(config: Any, *, device: torch.device, dtype: torch.dtype, batch_size
                                     and p["ffn"] == F), 100 * worst)
     if not math.isfinite(model.dense_ms()) or model.dense_ms() <= 0:
         raise RuntimeError(f"latency fit failed: {model.encoder} {model.decoder}")
+    if worst > NOISY_FIT:
+        log.warning("profile: the fit misses a probe by %.0f%%, so predicted speedups may be off by about as much "
+                    "(bench/target_speed.py measured 10%% on such a profile); the timings are noisy: raise "
+                    "evaluate.repeats or profile on a quieter machine", 100 * worst)
     return model
 
 

@@ -37,6 +37,18 @@ def cluster_problem(*, num_nodes: int = 2) -> str | None:
     return None
 
 
+def slurm_or_skip() -> None:
+    """Skip the calling test, saying why, when no cluster is up; under NASH_REQUIRE_SLURM=1 (CI) fail instead."""
+    import pytest
+
+    problem = cluster_problem()
+    if problem is None:
+        return
+    if os.environ.get("NASH_REQUIRE_SLURM") == "1":
+        pytest.fail(f"NASH_REQUIRE_SLURM=1 but {problem}")
+    pytest.skip(problem)
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """The submitting environment, which sbatch passes on to every rank."""
     env = dict(os.environ)

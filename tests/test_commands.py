@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DEEPSPEED, REPO, env, free_port
-from tests.slurm_helpers import Job, cluster_problem, job_env, wait_done
+from tests.slurm_helpers import Job, job_env, slurm_or_skip, wait_done
 
 STAGES = ("finetune", "prune", "finalize", "evaluate", "pipeline", "estimate", "profile")
 TINY = ["model.name_or_path=preset:tiny-t5", "model.export_dtype=float32", "data.task=demo",
@@ -322,15 +322,6 @@ def test_torchrun_template(tmp_path):
 # --------------------------------------------------------------------------- Slurm
 
 
-def _slurm_or_skip():
-    import os
-
-    problem = cluster_problem()
-    if problem is None:
-        return
-    if os.environ.get("NASH_REQUIRE_SLURM") == "1":
-        pytest.fail(f"NASH_REQUIRE_SLURM=1 but {problem}")
-    pytest.skip(problem)
 
 
 def _sbatch(command: str, extra: list[str], tmp: Path) -> Job:
@@ -366,7 +357,7 @@ def _sbatch(command: str, extra: list[str], tmp: Path) -> Job:
 def test_readme_sbatch_command(tmp_path, teacher_dir):
     """README's sbatch line under the real (local) Slurm: 2 nodes x 1 rank; the arguments reach run.py in the
     order written, then ``TINY``; the job completes and the prune output is there."""
-    _slurm_or_skip()
+    slurm_or_skip()
     out = tmp_path / "run"
     job = _sbatch(README_SBATCH, [*TINY, f"prune.teacher={teacher_dir}", f"output_dir={out}"], tmp_path)
     state = wait_done(job, timeout=600)
@@ -386,7 +377,7 @@ def test_heavy_sbatch_commands_stop_at_the_network(tmp_path):
     """The config headers' sbatch lines, resized, arguments as written plus output_dir and an fp32 ds_config:
     the ranks stop with exit 2 and one error line naming what is missing (the hub model, or the teacher that its
     finetune writes), the job fails, and the run wrote nothing."""
-    _slurm_or_skip()
+    slurm_or_skip()
     jobs = {}
     for i, command in enumerate(HEAVY_SBATCH):
         tmp = tmp_path / str(i)

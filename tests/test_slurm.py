@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import TINY, load_weights, scalars
-from tests.slurm_helpers import REPO, cluster_problem, submit, wait_done, wait_until
+from tests.slurm_helpers import REPO, slurm_or_skip, submit, wait_done, wait_until
 
 sys.path.insert(0, str(REPO / "launch"))
 from make_hostfile import env_file_text, expand_nodelist, hostfile_text
@@ -30,13 +30,6 @@ RUN = ["finetune", TINY, "train.max_steps=30", "train.eval_every=0", "train.save
 JOB_TIMEOUT_S = 420
 
 
-def _slurm_or_skip():
-    problem = cluster_problem()
-    if problem is None:
-        return
-    if os.environ.get("NASH_REQUIRE_SLURM") == "1":
-        pytest.fail(f"NASH_REQUIRE_SLURM=1 but {problem}")
-    pytest.skip(problem)
 
 
 def _first_checkpoint(job, stage_dir):
@@ -49,7 +42,7 @@ def _first_checkpoint(job, stage_dir):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """The uninterrupted 2-node run that (a) checks and (b) compares against."""
-    _slurm_or_skip()
+    slurm_or_skip()
     tmp = tmp_path_factory.mktemp("slurm_ref")
     out = tmp / "run"
     job = submit([*RUN, f"output_dir={out}"], tmp=tmp)
@@ -107,7 +100,7 @@ def test_preempted_job_requeues_resumes_and_matches_uninterrupted_run(reference_
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_killed_rank_fails_the_job_fast_with_a_clear_message(tmp_path):
-    _slurm_or_skip()
+    slurm_or_skip()
     out = tmp_path / "run"
     job = submit([*RUN, f"output_dir={out}"], tmp=tmp_path)
     wait_until(lambda: _first_checkpoint(job, out / "finetune"), timeout=JOB_TIMEOUT_S,

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import FAST, TINY, run_nash
-from tests.slurm_helpers import cluster_problem, job_env, submit, wait_done, wait_until
+from tests.slurm_helpers import job_env, slurm_or_skip, submit, wait_done, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -37,18 +37,11 @@ POINTS = {"startup": "startup", "mid-training": "step:3", "checkpoint-write": "c
 JOB_TIMEOUT_S = 420
 
 
-def _slurm_or_skip():
-    problem = cluster_problem()
-    if problem is None:
-        return
-    if os.environ.get("NASH_REQUIRE_SLURM") == "1":
-        pytest.fail(f"NASH_REQUIRE_SLURM=1 but {problem}")
-    pytest.skip(problem)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    _slurm_or_skip()
+    slurm_or_skip()
     out = tmp_path_factory.mktemp("teacher")
     run_nash("finetune", TINY, f"output_dir={out}", "train.max_steps=4", "train.eval_every=0", *FAST)
     return out / "finetune" / "model"
@@ -110,6 +103,7 @@ def test_killed_rank_ends_the_job_within_60s(stage, where, teacher, tmp_path):
     killed_at = time.monotonic()
     state = wait_done(job, timeout=120)
     took = time.monotonic() - killed_at
+    print(f"[kill] {stage} at {where}: the job ended {took:.1f} s after rank 1 was killed ({state})")
     assert state == "FAILED", job.logs()
     assert took < 60, f"job took {took:.0f}s to end after rank 1 died\n{job.logs()}"
     batch_log = job.batch_log.read_text()
