@@ -347,9 +347,8 @@ def measure(config: Any, *, device: torch.device, dtype: torch.dtype, batch_size
     if not math.isfinite(model.dense_ms()) or model.dense_ms() <= 0:
         raise RuntimeError(f"latency fit failed: {model.encoder} {model.decoder}")
     if worst > NOISY_FIT:
-        log.warning("profile: the fit misses a probe by %.0f%%, so predicted speedups may be off by about as much "
-                    "(bench/target_speed.py measured 10%% on such a profile); the timings are noisy: raise "
-                    "evaluate.repeats or profile on a quieter machine", 100 * worst)
+        log.warning("profile: the fit misses a probe by %.0f%%: the timings are noisy and predicted speedups may be "
+                    "off by about as much; raise evaluate.repeats or profile on a quieter machine", 100 * worst)
     return model
 
 
