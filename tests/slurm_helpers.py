@@ -128,3 +128,17 @@ def wait_done(job: Job, *, timeout: float) -> str:
     """Wait for a terminal state (a requeued job passes through PENDING and runs again)."""
     return wait_until(lambda: (s := job.state()) in TERMINAL and s, timeout=timeout,
                       what=f"job {job.job_id} to finish", job=job, poll=1.0)
+
+
+def preempt_and_wait_requeued(job: Job, *, requeue_timeout: float, timeout: float) -> str:
+    """What Slurm does before the time limit (--signal=USR1@<s>): signal the ranks, not the batch shell; then wait
+    for the job to requeue once and complete. Returns the batch log."""
+    subprocess.run(["scancel", "--signal=USR1", job.job_id], check=True, timeout=20)
+    wait_until(lambda: int(job.info().get("Restarts", 0)) >= 1, timeout=requeue_timeout, what="the job to requeue",
+               job=job)
+    state = wait_done(job, timeout=timeout)
+    assert state == "COMPLETED", job.logs()
+    assert job.info().get("Restarts") == "1", job.info()
+    batch_log = job.batch_log.read_text()
+    assert "preempted: checkpoint saved (exit 75); requeueing" in batch_log, job.logs()
+    return batch_log

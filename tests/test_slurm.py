@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import TINY, load_weights, scalars
-from tests.slurm_helpers import REPO, slurm_or_skip, submit, wait_done, wait_until
+from tests.slurm_helpers import REPO, preempt_and_wait_requeued, slurm_or_skip, submit, wait_done, wait_until
 
 sys.path.insert(0, str(REPO / "launch"))
 from make_hostfile import env_file_text, expand_nodelist, hostfile_text
@@ -77,15 +77,7 @@ def test_preempted_job_requeues_resumes_and_matches_uninterrupted_run(reference_
     stage = out / "finetune"
     job = submit([*RUN, f"output_dir={out}"], tmp=tmp_path)
     wait_until(lambda: _first_checkpoint(job, stage), timeout=JOB_TIMEOUT_S, what="a first checkpoint", job=job)
-    # What Slurm does before the time limit (--signal=USR1@<s>): signal the ranks, not the batch shell.
-    subprocess.run(["scancel", "--signal=USR1", job.job_id], check=True, timeout=20)
-    wait_until(lambda: int(job.info().get("Restarts", 0)) >= 1, timeout=120, what="the job to requeue", job=job)
-    state = wait_done(job, timeout=JOB_TIMEOUT_S)
-    assert state == "COMPLETED", job.logs()
-    assert job.info().get("Restarts") == "1", job.info()
-
-    batch_log = job.batch_log.read_text()
-    assert "preempted: checkpoint saved (exit 75); requeueing" in batch_log, job.logs()
+    batch_log = preempt_and_wait_requeued(job, requeue_timeout=120, timeout=JOB_TIMEOUT_S)
     assert "restart 1:" in batch_log and "done: all 2 ranks exited 0" in batch_log, job.logs()
     # the requeued run resumed by itself from a checkpoint mid-way (rank logs are appended to)
     after_restart = job.rank_log(0).split("restart 1", 1)[-1]

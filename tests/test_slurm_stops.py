@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import FAST, TINY, run_nash
-from tests.slurm_helpers import job_env, slurm_or_skip, submit, wait_done, wait_until
+from tests.slurm_helpers import job_env, preempt_and_wait_requeued, slurm_or_skip, submit, wait_done, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -122,13 +121,7 @@ def test_preempted_job_resumes_and_matches_the_uninterrupted_run(stage, where, t
                                                                  tmp_path_factory):
     reference = _reference(stage, teacher, tmp_path_factory)
     job, _ = _submit_paused(stage, POINTS[where], tmp_path, teacher)
-    subprocess.run(["scancel", "--signal=USR1", job.job_id], check=True, timeout=20)
-    wait_until(lambda: int(job.info().get("Restarts", 0)) >= 1, timeout=180, what="the job to requeue", job=job)
-    state = wait_done(job, timeout=JOB_TIMEOUT_S)
-    assert state == "COMPLETED", job.logs()
-    assert job.info().get("Restarts") == "1", job.info()
-    batch_log = job.batch_log.read_text()
-    assert "preempted: checkpoint saved (exit 75); requeueing" in batch_log, job.logs()
+    preempt_and_wait_requeued(job, requeue_timeout=180, timeout=JOB_TIMEOUT_S)
     assert "resumed from" in job.rank_log(0).split("restart 1", 1)[-1], job.logs()
     got, want = _tensors(tmp_path / "run" / stage / "model"), _tensors(reference)
     assert got.keys() == want.keys()
