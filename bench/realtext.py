@@ -21,6 +21,8 @@ through ``run.py`` as users run it, resumably (a finished stage or recipe is ski
 
     python bench/realtext.py --out /work/realtext/bench                      # the whole benchmark (~3 h)
     python bench/realtext.py --out /work/realtext/bench --evaluate-only      # re-evaluate finished runs
+    python bench/realtext.py --out ... --recipes sft-k1,sft-k3 --train-only --threads 1 &   # side by side:
+    python bench/realtext.py --out ... --recipes nash-k1,nash-k3 --train-only --threads 1   # disjoint lists
     python bench/realtext.py --out /tmp/rt --smoke                           # minutes: the same path, tiny
 """
 
@@ -294,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join([*RECIPES, "cofi-matched"]))
     p.add_argument("--plot", default=str(REPO / "docs" / "realtext_quality_vs_speedup.png"))
     p.add_argument("--evaluate-only", action="store_true")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the listed recipes and stop before the table (to run disjoint --recipes lists side "
+                        "by side, then one --evaluate-only for the table)")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every stage")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -336,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
                                      seed, teacher=teacher, common=common)
             runs.setdefault("cofi-matched", {})[seed] = name
     extra["train_s"] = time.perf_counter() - t_start
+    if args.train_only:
+        print(f"[realtext] trained {sorted(paths)} in {extra['train_s'] / 60:.0f} min (--train-only: no table)",
+              flush=True)
+        return 0
     extra["manifest"] = json.loads((corpus / "manifest.json").read_text())["counts"]
     evaluate(args, teacher, runs, paths, common, extra)
     print(f"[realtext] total {(time.perf_counter() - t_start) / 60:.0f} min", flush=True)
