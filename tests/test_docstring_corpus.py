@@ -221,3 +221,32 @@ def test_tokenizer_t5_conventions_and_round_trip(corpus):
     again = build_tokenizer(out, tmp / "tok2", vocab_size=200, seed=0)
     assert again == record
     assert (tmp / "tok2" / "tokenizer.json").read_bytes() == (tmp / "tok" / "tokenizer.json").read_bytes()
+
+
+def test_realtext_refuses_a_teacher_that_ignores_its_input(corpus):
+    """bench/realtext.py checks its teacher before any recipe runs: one that writes the same text for every
+    function is refused with one message (or allowed with --allow-weak-teacher), and the check is kept."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from bench import realtext
+
+    tmp, out, _ = corpus
+    tok = tmp / "tok-teacher"
+    build_tokenizer(out, tok, vocab_size=200, seed=0)
+    bench = tmp / "rt"
+    teacher = bench / "teacher" / "finetune" / "model"
+    init = realtext.init_teacher(bench, tok, smoke=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(init)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # every logit 0: the same (empty) output for any input
+    model.save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(tok).save_pretrained(teacher)
+    args = realtext.parse_args(["--out", str(bench), "--threads", "1", "--val-samples", "16"])
+    common = realtext.common_overrides(args, out, tok)
+    with pytest.raises(SystemExit, match="same few docstrings whatever the code.*--teacher-steps"):
+        realtext.check_teacher(args, teacher, common)
+    check = json.loads((bench / "teacher" / "check.json").read_text())
+    assert check["distinct"] == pytest.approx(1 / check["num_examples"]) and check["num_examples"] > 1
+    args.allow_weak_teacher = True
+    assert realtext.check_teacher(args, teacher, common)["weak"] is True

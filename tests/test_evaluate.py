@@ -159,3 +159,25 @@ def test_plot_several_reports(tmp_path):
     assert points[1]["label"] == "nash k=3" and points[1]["speedup"] == 2.6
     out = plot_points(points, tmp_path / "fig" / "speedup.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_task_metrics_counts_distinct_predictions(tmp_path):
+    """A model that writes the same text for every input scores 1/N distinct predictions (what the real-text
+    bench's teacher check, bench/realtext.py check_teacher, refuses)."""
+    from nash_ds.data import build_datasets
+    from nash_ds.models import load_model
+    from nash_ds.stages import common, evaluate
+
+    cfg = _cfg(tmp_path)
+    tok = common.load_tokenizer(common.tokenizer_source(cfg))
+    data = build_datasets(cfg.data, tok, splits=(cfg.data.eval_split,), seed=0)[cfg.data.eval_split]
+    model = load_model("preset:tiny-t5", seed=0, **common.model_kwargs_from_tokenizer(tok)).eval()
+    word = tok(data[0]["target"])["input_ids"][0]  # a word of the task's vocabulary
+    text = tok.decode([word], skip_special_tokens=True).strip()
+    bias = torch.zeros(model.get_output_embeddings().weight.shape[0])
+    bias[word] = 1e4
+    model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: out + bias)
+    out = evaluate.task_metrics(model, tok, cfg, data)
+    assert out["num_examples"] == 8
+    assert out["distinct_predictions"] == pytest.approx(1 / 8)
+    assert len({e["prediction"] for e in out["examples"]}) == 1 and text and text in out["examples"][0]["prediction"]

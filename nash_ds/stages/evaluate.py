@@ -81,7 +81,8 @@ def method_of(path: str | Path, name: str) -> str:
 
 @torch.no_grad()
 def task_metrics(model, tokenizer, cfg: RunConfig, eval_set) -> dict:
-    """Generate on the eval split with ``cfg.generation``; metrics of ``metrics.metric_names_for``."""
+    """Generate on the eval split with ``cfg.generation``; metrics of ``metrics.metric_names_for``, and the
+    fraction of distinct predictions (near 0: the model writes the same text whatever its input)."""
     from nash_ds.data import Seq2SeqCollator
     from nash_ds.metrics import compute_metrics, metric_names_for
 
@@ -103,6 +104,7 @@ def task_metrics(model, tokenizer, cfg: RunConfig, eval_set) -> dict:
     names = metric_names_for(cfg.data.task) if not cfg.data.mixture else None
     metrics = compute_metrics(preds, refs, **({"names": names} if names else {}))
     return {"metrics": metrics, "num_examples": len(preds), "eval_generate_s": seconds,
+            "distinct_predictions": len(set(preds)) / max(1, len(preds)),
             "examples": [{"prediction": p, "reference": r} for p, r in zip(preds[:5], refs[:5])]}
 
 
