@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -244,9 +245,23 @@ def test_realtext_refuses_a_teacher_that_ignores_its_input(corpus):
     AutoTokenizer.from_pretrained(tok).save_pretrained(teacher)
     args = realtext.parse_args(["--out", str(bench), "--threads", "1", "--val-samples", "16"])
     common = realtext.common_overrides(args, out, tok)
-    with pytest.raises(SystemExit, match="same few docstrings whatever the code.*--teacher-steps"):
-        realtext.check_teacher(args, teacher, common)
+    with pytest.raises(SystemExit, match="has not learnt the task: only .* differ.*no better than.*--teacher-steps"):
+        realtext.check_teacher(args, teacher, common, out)
     check = json.loads((bench / "teacher" / "check.json").read_text())
     assert check["distinct"] == pytest.approx(1 / check["num_examples"]) and check["num_examples"] > 1
+    assert check["value"] == 0 < check["baseline"]  # a fixed text such as "Compute the" beats an empty one
     args.allow_weak_teacher = True
-    assert realtext.check_teacher(args, teacher, common)["weak"] is True
+    assert realtext.check_teacher(args, teacher, common, out)["weak"] is True
+
+
+def test_constant_baseline_is_the_best_fixed_text(corpus):
+    from bench.realtext import constant_baseline
+    from nash_ds.metrics import compute_metrics
+
+    _, out, _ = corpus
+    refs = [row["docstring"] for row in _rows(out)["validation"]]
+    score, text = constant_baseline(out, refs, "rougeL")
+    assert text and score == compute_metrics([text] * len(refs), refs, names=("rougeL",))["rougeL"] > 0
+    first_words = Counter(row["docstring"].split()[0] for row in _rows(out)["train"]).most_common(1)[0][0]
+    for other in (first_words, "x"):  # a candidate, and a text no target starts with
+        assert compute_metrics([other] * len(refs), refs, names=("rougeL",))["rougeL"] <= score
