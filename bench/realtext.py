@@ -226,8 +226,9 @@ def check_teacher(args, teacher: Path, common: list[str], corpus: Path) -> dict:
     ratios say nothing about the methods, so the recipes are refused before they run (``--allow-weak-teacher``
     runs them anyway). Cached in ``<out>/teacher/check.json``."""
     path = teacher.parent.parent / "check.json"
-    check = json.loads(path.read_text()) if path.is_file() else {}
-    if "baseline" not in check:
+    if path.is_file():
+        check = json.loads(path.read_text())
+    else:
         import torch
 
         from nash_ds.config import load_config
