@@ -98,9 +98,11 @@ def build_inputs(out: Path, *, smoke: bool) -> tuple[Path, Path]:
     return corpus, tokenizer
 
 
-def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0) -> Path:
-    """A random-init T5 v1.1 directory (the teacher's starting point), LM head at std d_model**-0.5 (the
-    preset init's std 1.0 starts the loss at ~50 and costs hundreds of steps to unlearn)."""
+def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0, shape: dict | None = None,
+                 dropout_rate: float = 0.1) -> Path:
+    """A random-init T5 v1.1 directory (the teacher's starting point; ``shape`` defaults to ``teacher_shape``),
+    LM head at std d_model**-0.5 (the preset init's std 1.0 starts the loss at ~50 and costs hundreds of steps
+    to unlearn)."""
     import torch
     from transformers import AutoTokenizer, T5Config
 
@@ -111,8 +113,9 @@ def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0) -> P
     if (path / "config.json").is_file():
         return path
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    shape = teacher_shape(smoke)
+    shape = shape or teacher_shape(smoke)
     config = T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=len(tok),
+                      dropout_rate=dropout_rate,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       decoder_start_token_id=tok.pad_token_id, **shape)
     with torch.random.fork_rng(devices=[]):

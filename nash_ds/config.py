@@ -115,7 +115,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk."""
     metric_for_best: str = "rougeL"
-    """Eval metric that picks the best checkpoint (rouge1/2/L/Lsum, bleu, exact_match, accuracy, loss)."""
+    """Eval metric that picks the best checkpoint (rouge1/2/L/Lsum, bleu, exact_match, accuracy, wer, per, loss;
+    for wer, per and loss set greater_is_better=false)."""
     greater_is_better: bool = True
     """Whether a larger metric_for_best is better."""
     resume: bool = True

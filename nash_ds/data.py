@@ -1,7 +1,8 @@
 """Tasks, local files, instruction data, weighted mixtures, tokenisation and the collator.
 
 Every split becomes rows of raw ``source`` / ``target`` text (the task prefix already on the
-source), a ``task`` name, and their tokenisation ``input_ids`` / ``attention_mask`` /
+source), ``references`` (every reference text: ``[target]``, or all of them where the target column holds a
+list, whose first is ``target``; metrics score the closest), a ``task`` name, and their tokenisation ``input_ids`` / ``attention_mask`` /
 ``labels``, truncated to ``data.max_source_length`` / ``data.max_target_length``.
 
 Where data comes from, per split: ``data.{train,validation,test}_file`` if set, else the task's
@@ -272,10 +273,17 @@ def _to_text(ds: datasets.Dataset, spec: TaskSpec) -> datasets.Dataset:
             targets = [t or "" for t in batch[spec.target_column]]
         else:
             sources = [s or "" for s in batch[spec.source_column]]
-            targets = [t or "" for t in batch[spec.target_column]]
+            targets = [t if isinstance(t, list) else t or "" for t in batch[spec.target_column]]
+        # a list-valued target holds every reference: the first is the training label, the closest is scored
+        references = [[str(r) for r in t] if isinstance(t, list) else [str(t)] for t in targets]
+        for i, refs in enumerate(references):
+            if not refs:
+                raise ValueError(f"task {spec.name}: row {i} of a batch has an empty list in column "
+                                 f"{spec.target_column!r}; give at least one reference")
         return {
             "source": [spec.prefix + str(s) for s in sources],
-            "target": [str(t) for t in targets],
+            "target": [refs[0] for refs in references],
+            "references": references,
             "task": [spec.name] * num,
         }
 

@@ -351,7 +351,7 @@ class Trainer:
                                            do_sample=False, synced_gpus=zero3_multi)
                 texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
                 for i, text in zip(chunk, texts):
-                    preds.append((i, text.strip(), self.eval_set[i]["target"]))
+                    preds.append((i, text.strip(), self.eval_set[i]["references"]))
         extras = self.task.eval_extras(engine)
         engine.train()
         gathered = dist.gather_objects((preds, loss_sum, loss_count))

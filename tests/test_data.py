@@ -71,7 +71,9 @@ def test_build_demo(tok):
     out = build_datasets(DataConfig(), tok, splits=("train", "validation", "test"))
     assert len(out["train"]) == 3000 and len(out["validation"]) == 64 and len(out["test"]) == 64
     row = out["validation"][0]
-    assert set(out["train"].column_names) == {"input_ids", "attention_mask", "labels", "source", "target", "task"}
+    assert set(out["train"].column_names) == {"input_ids", "attention_mask", "labels", "source", "target",
+                                              "references", "task"}
+    assert row["references"] == [row["target"]]
     assert row["source"].startswith("summarize: ") and row["task"] == "demo"
     assert row["labels"] == tok(row["target"])["input_ids"]
     assert row["input_ids"] == tok(row["source"])["input_ids"][:64]
@@ -270,3 +272,18 @@ def test_hub_tasks_go_through_load_dataset(monkeypatch):
 def test_hub_failure_offline_suggests_local_files():
     with pytest.raises(ValueError, match="task samsum.*knkarthick/samsum.*data.train_file"):
         build_text_splits(DataConfig(task="samsum"), splits=("train",))
+
+
+def test_list_valued_target_keeps_every_reference(tmp_path, tok):
+    """Validation rows with several references: the first is the label, all of them are kept for scoring."""
+    (tmp_path / "train.jsonl").write_text('{"source": "a", "target": "x"}\n')
+    (tmp_path / "validation.jsonl").write_text('{"source": "a", "target": ["x", "y z"]}\n'
+                                                '{"source": "b", "target": ["w"]}\n')
+    out = build_datasets(DataConfig(task=str(tmp_path)), tok, splits=("train", "validation"))
+    val = out["validation"]
+    assert val["target"] == ["x", "w"] and val["references"] == [["x", "y z"], ["w"]]
+    assert val[0]["labels"] == tok(text_target="x")["input_ids"]
+    assert out["train"]["references"] == [["x"]]
+    (tmp_path / "validation.jsonl").write_text('{"source": "a", "target": []}\n')
+    with pytest.raises(ValueError, match="empty list in column 'target'"):
+        build_datasets(DataConfig(task=str(tmp_path)), tok, splits=("validation",))

@@ -49,7 +49,7 @@ def check_stage_start(cfg: RunConfig, out: Path) -> None:
 
     check_not_finished(cfg, out)
     check_output_dir(cfg, out)
-    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task)
+    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task, greater_is_better=cfg.train.greater_is_better)
 
 
 def check_before_training(cfg: RunConfig, out: Path, *, num_train: int, method: str) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from nash_ds import dist, latency, stop
 from nash_ds.config import RunConfig, to_dict
+from nash_ds.metrics import quality_kept
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def task_metrics(model, tokenizer, cfg: RunConfig, eval_set) -> dict:
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                              max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=False)
         preds += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-        refs += [r["target"] for r in rows]
+        refs += [r["references"] for r in rows]
         stop.at("evaluate:generate", "evaluate (generation)")
     latency.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -105,7 +106,8 @@ def task_metrics(model, tokenizer, cfg: RunConfig, eval_set) -> dict:
     metrics = compute_metrics(preds, refs, **({"names": names} if names else {}))
     return {"metrics": metrics, "num_examples": len(preds), "eval_generate_s": seconds,
             "distinct_predictions": len(set(preds)) / max(1, len(preds)),
-            "examples": [{"prediction": p, "reference": r} for p, r in zip(preds[:5], refs[:5])]}
+            "predictions": preds,
+            "examples": [{"prediction": p, "reference": r[0] if len(r) == 1 else r} for p, r in zip(preds[:5], refs[:5])]}
 
 
 def primary_metric(cfg: RunConfig, metrics: dict) -> str:
@@ -169,7 +171,7 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
         first = d["latency"][0]
         rows.append({
             "model": name, "method": d["method"], "metric": metric, "value": d["metrics"][metric],
-            "quality_kept": 100.0 * d["metrics"][metric] / base_value if base_value else None,
+            "quality_kept": quality_kept(d["metrics"][metric], base_value, metric),
             "params": d["params"]["total"], "decoder_layers": d["params"]["decoder_layers"],
             "sparsity_encoder": d["sparsity"]["encoder"] if d["sparsity"] else None,
             "sparsity_model": d["sparsity"]["prunable_model"] if d["sparsity"] else None,
@@ -222,8 +224,12 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
     from nash_ds.plot import plot_points, points_from_report
 
     # a leftover directory without a report is not a finished run: replace it
+    predictions = {name: d.get("predictions") for name, d in result["models"].items()}
+    result = {**result, "models": {name: {k: v for k, v in d.items() if k != "predictions"}
+                                   for name, d in result["models"].items()}}
     with atomic_dir(stage_dir, overwrite=cfg.overwrite or not (stage_dir / REPORT).exists()) as tmp:
         (tmp / REPORT).write_text(json.dumps(result, indent=1, default=str))
+        (tmp / "predictions.json").write_text(json.dumps(predictions, indent=0))
         (tmp / "report.md").write_text(markdown(result, cfg))
         writer = SummaryWriter(str(tmp / "tensorboard"))
         for row in result["rows"]:

@@ -60,7 +60,7 @@ def run(cfg: RunConfig, *, stage_dir: Path | None = None) -> dict:
 
     out = Path(cfg.output_dir)
     common.check_output_dir(cfg, out / "finetune")
-    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task)
+    check_metric_for_best(cfg.train.metric_for_best, cfg.data.task, greater_is_better=cfg.train.greater_is_better)
     cfgs = _stage_cfgs(cfg)
     steps = [("finetune", finetune.run), ("prune", prune.run), ("finalize", finalize.run)]
     if cfg.pipeline.final_finetune:
