@@ -192,6 +192,10 @@ class PruneConfig:
     deterministic: str = "global"
     """How deterministic masks round the expected zeros: global (once per mask type over all layers) or
     per_layer (CoFi's rule: each layer apart)."""
+    uniform_widths: bool = False
+    """nash, cofi: every layer of a stack keeps the same number of heads and FFN dims (each layer its own best
+    units; T5 self-attention: one head set per stack), so the export is the stock class (what its config cannot
+    express is kept as zeros) and serving engines (CTranslate2) take it; False: per-layer widths (NASH's method)."""
 
 
 @dataclass

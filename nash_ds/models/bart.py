@@ -222,6 +222,26 @@ class BartFamily(Family):
             raise ValueError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
                              f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
 
+    def padded_plan(self, config: Any, plan) -> Any:
+        """Stock BART derives head_dim = d_model // heads: with any head dropped every attention keeps all its
+        heads, the dropped ones as zeros; an FFN stack of several widths keeps them all the same way. Hidden
+        dims cannot be padded (LayerNorm averages over every dim): None, the per-layer class."""
+        import dataclasses
+
+        if plan.hidden is not None:
+            return None
+        full = list(range(config.encoder_attention_heads))
+        new = dataclasses.replace(plan)
+        sites = ("encoder_heads", "decoder_self_heads", "decoder_cross_heads")
+        if any(h != full for site in sites for h in getattr(plan, site)):
+            for site in sites:
+                setattr(new, site, [list(full) for _ in getattr(plan, site)])
+        for stack in ("encoder", "decoder"):
+            widths = {len(f) for f in getattr(plan, f"{stack}_ffn")}
+            if len(widths) != 1 or 0 in widths:
+                setattr(new, f"{stack}_ffn", [list(range(self.d_ff(config, stack))) for _ in getattr(plan, f"{stack}_ffn")])
+        return new
+
     def pruned_config(self, config: Any, plan) -> Any:
         """Stock BartConfig only without hidden pruning, with every head kept (stock BART derives
         head_dim = d_model // heads) and one FFN width per stack; else a NashBartConfig."""
