@@ -271,6 +271,18 @@ class ProfileConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``run.py export``: a finished model for a serving engine, under <output_dir>/export/<format>/."""
+
+    model: str | None = None
+    """HF directory to export; None: the pipeline's newest model (final, then finalize, then finetune)."""
+    format: str = "ctranslate2"
+    """Serving engine: ctranslate2."""
+    quantization: str = "none"
+    """Weight type in the engine: none (float32), int8, int8_float32, float16, bfloat16 or int8_float16."""
+
+
+@dataclass
 class PipelineConfig:
     """What ``pipeline`` runs after finetune -> prune -> finalize."""
 
@@ -313,6 +325,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -530,6 +543,12 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"evaluate.device must be auto, cpu or cuda, got {e.device!r}")
     if e.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"evaluate.dtype must be float32 or bfloat16, got {e.dtype!r}")
+    x = cfg.export
+    if x.format not in ("ctranslate2",):
+        raise ValueError(f"export.format must be ctranslate2, got {x.format!r}")
+    if x.quantization not in ("none", "int8", "int8_float32", "float16", "bfloat16", "int8_float16"):
+        raise ValueError("export.quantization must be none, int8, int8_float32, float16, bfloat16 or int8_float16, "
+                         f"got {x.quantization!r}")
     _validate_more(cfg)
 
 

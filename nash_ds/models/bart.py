@@ -42,6 +42,8 @@ class BartFamily(Family):
     """BART (post-LN, learned positions, biases everywhere)."""
 
     name = "bart"
+    ctranslate2_config = {"normalize_before": False}
+    """What CTranslate2's converter reads and transformers 5 no longer keeps (post-norm layers)."""
     model_types = ("bart",)
     presets = {"tiny-bart": dict(model_type="bart", d_model=64, encoder_layers=4, decoder_layers=4,
                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,

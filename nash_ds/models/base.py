@@ -150,6 +150,8 @@ class Family:
     """Public model shapes by name (``estimate``, ``bench/``): config kwargs, ``model_type`` included."""
     shape_aliases: Mapping[str, str] = {}
     """Hub names -> a name in ``shapes``."""
+    ctranslate2_config: Mapping[str, Any] = {}
+    """Config fields CTranslate2's converter reads that transformers 5 no longer keeps (``compat.ctranslate2_converter``)."""
     shared_head_positions: bool = False
     """Whether later layers reuse layer 0's per-head position bias by head position (T5): a stock-shaped export
     then needs one self-attention head set per stack."""
