@@ -232,6 +232,9 @@ class EvalConfig:
     """cpu, cuda or auto."""
     dtype: str = "float32"
     """float32 or bfloat16 for latency."""
+    engine: str | list[str] = "transformers"
+    """Engine(s) whose generation is timed: transformers, ctranslate2 (the models converted on the fly; per-layer
+    widths are refused), or a list of both; every engine's speedup is against the first model in that engine."""
 
 
 @dataclass
@@ -543,6 +546,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"evaluate.device must be auto, cpu or cuda, got {e.device!r}")
     if e.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"evaluate.dtype must be float32 or bfloat16, got {e.dtype!r}")
+    engines = [e.engine] if isinstance(e.engine, str) else e.engine
+    if not engines or any(name not in ("transformers", "ctranslate2") for name in engines):
+        raise ValueError(f"evaluate.engine must be transformers, ctranslate2 or a list of them, got {e.engine!r}")
     x = cfg.export
     if x.format not in ("ctranslate2",):
         raise ValueError(f"export.format must be ctranslate2, got {x.format!r}")

@@ -102,3 +102,51 @@ def hf_greedy_ids(model, input_ids, attention_mask, *, max_new_tokens: int, min_
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))
         rows.append(row[:cut])
     return rows
+
+
+def engines_of(engine: str | Sequence[str]) -> list[str]:
+    """evaluate.engine as a list."""
+    return [engine] if isinstance(engine, str) else list(engine)
+
+
+def ctranslate2_latency(models: dict[str, Any], paths: dict[str, Path], tokenizer, *, batch_sizes: Sequence[int],
+                        source_length: int, new_tokens: int, warmup: int, repeats: int, seed: int, device: str,
+                        compute_type: str) -> list[dict]:
+    """Greedy generation time in CTranslate2 of each model (``paths``: its HF export; ``models``: the loaded
+    transformers model, for the same random inputs as ``latency``), exactly ``new_tokens`` out, models
+    interleaved per repeat, median; ``speedup`` against the first model in this engine."""
+    import statistics
+    import tempfile
+    import time
+
+    from nash_ds import latency
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nash-ct2-") as work:
+        engines = {}
+        for name, path in paths.items():
+            convert_ctranslate2(path, Path(work) / name)
+            engines[name] = translator(Path(work) / name, device=device, compute_type=compute_type)
+        for batch in batch_sizes:
+            sources = {name: _unpadded_inputs(latency.random_inputs(models[name], batch_size=batch,
+                                                              source_length=source_length, seed=seed))
+                       for name in paths}
+            times = {name: [] for name in paths}
+            for rep in range(warmup + repeats):
+                for name, engine in engines.items():
+                    t0 = time.perf_counter()
+                    generate_ids(engine, tokenizer, sources[name], max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens)
+                    if rep >= warmup:
+                        times[name].append(1000.0 * (time.perf_counter() - t0))
+            base = statistics.median(times[next(iter(paths))])
+            for name, ts in times.items():
+                ms = statistics.median(ts)
+                rows.append({"model": name, "engine": "ctranslate2", "batch_size": batch, "generate_ms": ms,
+                             "tokens_per_s": batch * new_tokens / (ms / 1000.0), "speedup": base / ms,
+                             "compute_type": compute_type, "device": device})
+    return rows
+
+
+def _unpadded_inputs(inputs: dict) -> list[list[int]]:
+    return unpadded(inputs["input_ids"].cpu(), inputs["attention_mask"].cpu())

@@ -114,3 +114,27 @@ def test_export_stage_writes_a_loadable_model_with_tokenizer_and_readme(tmp_path
     serving.translator(ct2, compute_type="int8")
     r = run_nash("export", f"export.model={tmp_path / 'hf'}", f"output_dir={out}", check=False)
     assert r.returncode == 2 and "overwrite=true" in r.stderr
+
+
+def test_evaluate_times_both_engines_with_speedups_within_each(tmp_path, tok):
+    dense = _model("tiny-t5", tok)
+    save_hf_dir(dense, tok, tmp_path / "dense")
+    save_hf_dir(_pruned(dense, kept=[0, 3], uniform=True), tok, tmp_path / "pruned")
+    out = tmp_path / "run"
+    run_nash("evaluate", f"evaluate.model={tmp_path / 'pruned'}", f"evaluate.reference={tmp_path / 'dense'}",
+             f"output_dir={out}", "evaluate.engine=[transformers,ctranslate2]", "data.max_eval_samples=8",
+             "evaluate.repeats=1", "evaluate.warmup=0", "generation.max_new_tokens=4", "evaluate.latency_new_tokens=4")
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    rows = {(r["engine"], r["model"]): r for r in report["engine_rows"]}
+    assert set(rows) == {(e, m) for e in ("transformers", "ctranslate2") for m in ("reference", "model")}
+    assert rows[("ctranslate2", "reference")]["speedup"] == 1.0 and rows[("transformers", "reference")]["speedup"] == 1.0
+    assert "| ctranslate2 | model |" in (out / "evaluate" / "report.md").read_text()
+
+
+def test_engine_and_export_values_are_checked():
+    from nash_ds.config import load_config
+
+    for override, key in (("evaluate.engine=onnx", "evaluate.engine"), ("export.quantization=int4", "export.quantization"),
+                          ("export.format=onnx", "export.format")):
+        with pytest.raises(ValueError, match=key):
+            load_config(None, [override])
