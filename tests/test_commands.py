@@ -328,6 +328,19 @@ def test_readme_serving_commands(tmp_path):
     want = serving.hf_greedy_ids(model, batch.input_ids, batch.attention_mask, max_new_tokens=16)
     got = serving.generate_ids(engine, tok, serving.unpadded(batch.input_ids, batch.attention_mask), max_new_tokens=16)
     assert got == want and torch.is_tensor(batch.input_ids)
+    # int8 keeps the task metric within 1 point (the shortened run's model; the full demo: docs/BENCHMARKS.md)
+    from nash_ds.metrics import compute_metrics
+
+    r = _run([sys.executable, "run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path / 'int8'}",
+              f"export.model={model_dir}", "export.quantization=int8"], timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    int8 = serving.generate_ids(serving.translator(tmp_path / "int8" / "export" / "ctranslate2", compute_type="int8"),
+                                tok, serving.unpadded(batch.input_ids, batch.attention_mask), max_new_tokens=16)
+    targets = [json.loads(line)["summary"] for line in
+               (REPO / "nash_ds" / "demo" / "data" / "validation.jsonl").read_text().splitlines()[:16]]
+    fp32_score = compute_metrics(tok.batch_decode(want, skip_special_tokens=True), targets)["rougeL"]
+    int8_score = compute_metrics(tok.batch_decode(int8, skip_special_tokens=True), targets)["rougeL"]
+    assert abs(int8_score - fp32_score) <= 1.0, (fp32_score, int8_score)
 
 
 @pytest.mark.slow
