@@ -95,7 +95,7 @@ def test_t5_nash_uniform_pads_the_encoder_and_bart_prunes_its_ffn():
 
 
 def test_uniform_expected_size_matches_the_pruned_shape(preset):
-    teacher, family, masked, masking, pruned, plan = _uniform(preset, "nash", [0, 3], seed=3)
+    _, family, masked, masking, _, plan = _uniform(preset, "nash", [0, 3], seed=3)
     det = masking.maskset.deterministic_params()
     enc_heads = len(plan.encoder_heads[0])
     enc_ffn = len(plan.encoder_ffn[0])
