@@ -27,6 +27,7 @@ STAGES = {
     "pipeline": "nash_ds.stages.pipeline",
     "estimate": "nash_ds.stages.estimate",
     "profile": "nash_ds.stages.profile",
+    "export": "nash_ds.stages.export",
 }
 """Stage name -> module with ``run(cfg, *, stage_dir)``."""
 

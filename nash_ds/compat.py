@@ -18,6 +18,8 @@ Each entry says which version it was seen on, why it is needed, and which test i
   head into the tied embedding (the head's values win);
 - ``clamp_trained_`` (DeepSpeed 0.19.8): ZeRO-1/2/3 and bf16 keep fp32 masters apart from the
   model's tensors, so a clamp of the latter alone is undone at the next step;
+- ``ctranslate2_converter`` (ctranslate2 4.8.5, transformers 5.24.0): CTranslate2's loaders read config
+  fields transformers 5 changed (T5's forced ``tie_word_embeddings``, BART's missing ``normalize_before``);
 - the remote classes (``models/remote``, transformers 5.24.0 / DeepSpeed 0.19.8): they must stay
   self-contained, so their workarounds live there and are listed in ``REMOTE_CLASS_WORKAROUNDS``.
 
@@ -326,3 +328,33 @@ def read_checkpoint_tensors(path: str, keys: list[str]) -> dict[str, torch.Tenso
         with safe_open(files[key], "pt") as f:
             out[key] = f.get_tensor(key)
     return out
+
+
+# --------------------------------------------------------------------------- CTranslate2
+
+
+def ctranslate2_converter(model_dir: str, *, config_fixes: dict[str, Any]):
+    """CTranslate2's own ``TransformersConverter`` for ``model_dir``, with two fixes where its loaders read
+    config fields transformers 5 no longer keeps (ctranslate2 4.8.5, transformers 5.24.0):
+
+    - its T5 loader scales the decoder output by d_model**-0.5 when ``config.tie_word_embeddings``, which
+      T5Config now forces to True also for T5 v1.1 / Flan-T5 / mT5 (untied heads, no scaling): the flag is set
+      to whether the loaded model's head really is the embedding (greedy tokens do not change either way, scores
+      and sampling would);
+    - its BART / mBART loader reads ``config.normalize_before`` (gone from BartConfig / MBartConfig): the family
+      says what it is (``config_fixes``, set only where the attribute is missing).
+
+    ``tests/test_compat.py`` fails when either field is read differently.
+    """
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            model = super().load_model(model_class, model_name_or_path, **kwargs)
+            model.config.tie_word_embeddings = lm_head_is_tied(model)
+            for key, value in config_fixes.items():
+                if not hasattr(model.config, key):
+                    setattr(model.config, key, value)
+            return model
+
+    return Converter(model_dir)

@@ -193,6 +193,10 @@ class PruneConfig:
     deterministic: str = "global"
     """How deterministic masks round the expected zeros: global (once per mask type over all layers) or
     per_layer (CoFi's rule: each layer apart)."""
+    uniform_widths: bool = False
+    """nash, cofi: every layer of a stack keeps the same number of heads and FFN dims (each layer its own best
+    units; T5 self-attention: one head set per stack), so the export is the stock class (what its config cannot
+    express is kept as zeros) and serving engines (CTranslate2) take it; False: per-layer widths (NASH's method)."""
 
 
 @dataclass
@@ -229,6 +233,9 @@ class EvalConfig:
     """cpu, cuda or auto."""
     dtype: str = "float32"
     """float32 or bfloat16 for latency."""
+    engine: str | list[str] = "transformers"
+    """Engine(s) whose generation is timed: transformers, ctranslate2 (the models converted on the fly; per-layer
+    widths are refused), or a list of both; every engine's speedup is against the first model in that engine."""
 
 
 @dataclass
@@ -265,6 +272,18 @@ class ProfileConfig:
     model: str | None = None
     """Hub name, directory, preset:<name> or named shape (t5-base, bart-large, ...) to profile (random weights
     of its shape); None: prune.teacher when it exists, else model.name_or_path."""
+
+
+@dataclass
+class ExportConfig:
+    """``run.py export``: a finished model for a serving engine, under <output_dir>/export/<format>/."""
+
+    model: str | None = None
+    """HF directory to export; None: the pipeline's newest model (final, then finalize, then finetune)."""
+    format: str = "ctranslate2"
+    """Serving engine: ctranslate2."""
+    quantization: str = "none"
+    """Weight type in the engine: none (float32), int8, int8_float32, float16, bfloat16 or int8_float16."""
 
 
 @dataclass
@@ -310,6 +329,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -527,6 +547,15 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"evaluate.device must be auto, cpu or cuda, got {e.device!r}")
     if e.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"evaluate.dtype must be float32 or bfloat16, got {e.dtype!r}")
+    engines = [e.engine] if isinstance(e.engine, str) else e.engine
+    if not engines or any(name not in ("transformers", "ctranslate2") for name in engines):
+        raise ValueError(f"evaluate.engine must be transformers, ctranslate2 or a list of them, got {e.engine!r}")
+    x = cfg.export
+    if x.format not in ("ctranslate2",):
+        raise ValueError(f"export.format must be ctranslate2, got {x.format!r}")
+    if x.quantization not in ("none", "int8", "int8_float32", "float16", "bfloat16", "int8_float16"):
+        raise ValueError("export.quantization must be none, int8, int8_float32, float16, bfloat16 or int8_float16, "
+                         f"got {x.quantization!r}")
     _validate_more(cfg)
 
 

@@ -59,6 +59,10 @@ METHODS = ("nash", "cofi")
 DETERMINISTIC_RULES = ("global", "per_layer")
 """How deterministic masks round the expected zeros: once per mask type over all layers (default), or
 per layer (CoFi's rule)."""
+UNIFORM_RULES = ("uniform", "uniform_shared")
+"""The rules of ``prune.uniform_widths``: every row keeps the same count (round(sum P(z=0)) / rows zeros), each
+row its own best units (``uniform``) or one unit set for all rows by summed alive probability
+(``uniform_shared``: T5's self-attention heads, whose position bias later layers reuse by head position)."""
 SITES = {"encoder": ("encoder", "self"), "decoder_self": ("decoder", "self"),
          "decoder_cross": ("decoder", "cross")}
 """Attention sites: name -> (stack, kind)."""
@@ -90,6 +94,8 @@ def deterministic_gates(log_alpha: torch.Tensor, *, rule: str = "global") -> tor
     1 of 4 = 25%, every layer). ``rule="per_layer"`` rounds each row apart (CoFi's rule).
     """
     la = log_alpha.float()
+    if rule in UNIFORM_RULES:
+        return _uniform_gates(la, shared=rule == "uniform_shared")
     rows = [la] if rule == "global" else list(la)
     out = []
     for row in rows:
@@ -98,6 +104,20 @@ def deterministic_gates(log_alpha: torch.Tensor, *, rule: str = "global") -> tor
         z[torch.argsort(row.flatten(), stable=True)[:num_zeros]] = 0.0
         out.append(z.view_as(row))
     return out[0] if rule == "global" else torch.stack(out)
+
+
+def _uniform_gates(la: torch.Tensor, *, shared: bool) -> torch.Tensor:
+    """[rows, units] 0/1 gates keeping the same count in every row (at least one unit): each row its own
+    largest log_alpha, or (``shared``) the units of the largest summed alive probability in every row."""
+    rows, units = la.shape
+    num_zeros = min(units - 1, int(torch.round(prob_zero(la).sum() / rows)))
+    z = torch.ones(rows, units, dtype=torch.float32, device=la.device)
+    if shared:
+        score = (1.0 - prob_zero(la)).sum(dim=0)
+        z[:, torch.argsort(score, stable=True)[:num_zeros]] = 0.0
+    else:
+        z.scatter_(1, torch.argsort(la, dim=1, stable=True)[:, :num_zeros], 0.0)
+    return z
 
 
 class HardConcrete(nn.Module):
@@ -111,8 +131,8 @@ class HardConcrete(nn.Module):
     def __init__(self, rows: int, units: int, *, init_mean: float, init_std: float = 0.01,
                  generator: torch.Generator | None = None, rule: str = "global"):
         super().__init__()
-        if rule not in DETERMINISTIC_RULES:
-            raise ValueError(f"deterministic rule must be one of {DETERMINISTIC_RULES}, got {rule!r}")
+        if rule not in DETERMINISTIC_RULES + UNIFORM_RULES:
+            raise ValueError(f"deterministic rule must be one of {DETERMINISTIC_RULES + UNIFORM_RULES}, got {rule!r}")
         self.rule = rule
         self.log_alpha = nn.Parameter(torch.empty(rows, units))
         with torch.no_grad():
@@ -160,10 +180,13 @@ class MaskSet(nn.Module):
 
     def __init__(self, family: Family, config: Any, *, method: str = "nash", droprate_init: float = 0.5,
                  coarse_log_alpha_init: float = 10.0, teacher_config: Any = None,
-                 teacher_prunable_params: int | None = None, seed: int | None = None, deterministic: str = "global"):
+                 teacher_prunable_params: int | None = None, seed: int | None = None, deterministic: str = "global",
+                 uniform: bool = False):
         """``config``: the student's (decoder already cut). The whole-model sparsity is measured against
         the teacher's prunable params (``teacher_prunable_params`` or counted from ``teacher_config``;
-        default: the student's dense count), so the decoder cut shows in it."""
+        default: the student's dense count), so the decoder cut shows in it. ``uniform``
+        (``prune.uniform_widths``): deterministic masks keep one count per mask type in every layer (no
+        whole-sublayer gates), and the expected size is the one of that shape."""
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"mask method must be one of {METHODS}, got {method!r}")
@@ -185,19 +208,29 @@ class MaskSet(nn.Module):
         for site in sites:
             stack = SITES[site][0]
             shapes[f"{site}_heads"] = (self.num_layers[stack], self.num_heads[stack], fine)
-            if method == "cofi":
+            if method == "cofi" and not uniform:
                 shapes[f"{site}_mha"] = (self.num_layers[stack], 1, coarse_log_alpha_init)
         for stack in (["encoder"] if method == "nash" else STACKS):
             shapes[f"{stack}_ffn"] = (self.num_layers[stack], self.d_ff[stack], fine)
-            if method == "cofi":
+            if method == "cofi" and not uniform:
                 shapes[f"{stack}_mlp"] = (self.num_layers[stack], 1, coarse_log_alpha_init)
         if method == "cofi":
             shapes["hidden"] = (1, self.d_model, fine)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.deterministic_rule = deterministic
-        self.gates = nn.ModuleDict({name: HardConcrete(rows, units, init_mean=mean, generator=gen, rule=deterministic)
+        self.uniform = uniform
+        self.gates = nn.ModuleDict({name: HardConcrete(rows, units, init_mean=mean, generator=gen,
+                                                       rule=self._rule(name, deterministic))
                                     for name, (rows, units, mean) in shapes.items()})
         self._current: dict[str, torch.Tensor] | None = None
+
+    def _rule(self, name: str, deterministic: str) -> str:
+        """The rounding rule of gate ``name``: ``deterministic``, or with uniform widths one of
+        ``UNIFORM_RULES`` (the hidden mask is one row: its rule does not matter)."""
+        if not self.uniform or name == "hidden":
+            return deterministic
+        shared = {f"{site_name(stack, 'self')}_heads" for stack in STACKS} if self.family.shared_head_positions else ()
+        return "uniform_shared" if name in shared else "uniform"
 
     # ------------------------------------------------------------------ masks
     @property
@@ -286,6 +319,8 @@ class MaskSet(nn.Module):
                     nonempty = torch.ones(num_layers, **f64)
                 if coarse_key in vals:
                     n, nonempty = n * vals[coarse_key], nonempty * vals[coarse_key]
+                if self.uniform:  # the shape is one count for every layer: the mean
+                    n, nonempty = n.mean().expand_as(n), nonempty.mean().expand_as(nonempty)
                 if fine_key.endswith("_heads"):
                     p = self.family.attn_params(self.config, stack, num_heads=n, nonempty=nonempty, hidden=hidden)
                 else:
@@ -368,7 +403,8 @@ class MaskSet(nn.Module):
         hidden = torch.nonzero(z["hidden"]).flatten().tolist() if "hidden" in z else None
         return PruningPlan(encoder_heads=heads["encoder"], decoder_self_heads=heads["decoder_self"],
                            decoder_cross_heads=heads["decoder_cross"], encoder_ffn=ffn["encoder"],
-                           decoder_ffn=ffn["decoder"], hidden=hidden, kept_decoder_layers=kept)
+                           decoder_ffn=ffn["decoder"], hidden=hidden, kept_decoder_layers=kept,
+                           stock_shape=self.uniform)
 
 
 # ---------------------------------------------------------------------- hooks
@@ -487,14 +523,15 @@ class Masking:
 
     @classmethod
     def build(cls, family: Family, config: Any, *, method: str, droprate_init: float, teacher_config: Any,
-              deterministic: str = "global", mask_state: dict[str, torch.Tensor] | None = None) -> Masking:
+              deterministic: str = "global", mask_state: dict[str, torch.Tensor] | None = None,
+              uniform: bool = False) -> Masking:
         """The lifecycle of ``method`` (nash / cofi learn masks, sft none) for a student of ``config``;
         ``deterministic``: the rounding rule of deterministic masks; ``mask_state``: tensors of
-        ``split_state`` to load (the finalizer)."""
+        ``split_state`` to load (the finalizer); ``uniform``: ``prune.uniform_widths``."""
         maskset = None
         if method in METHODS:
             maskset = MaskSet(family, config, method=method, droprate_init=droprate_init,
-                              teacher_config=teacher_config, deterministic=deterministic)
+                              teacher_config=teacher_config, deterministic=deterministic, uniform=uniform)
             if mask_state is not None:
                 maskset.load_state_dict(mask_state)
         return cls(family, config, maskset)

@@ -31,6 +31,10 @@ class PruningPlan:
     """Kept hidden (d_model) dimensions shared by the whole model (CoFi); None keeps all."""
     kept_decoder_layers: list[int] = field(default_factory=list)
     """Teacher decoder layer each student decoder layer was copied from (informational)."""
+    stock_shape: bool = False
+    """Export the stock class (``prune.uniform_widths``): what its config cannot express (T5: one head count and
+    FFN width for both stacks; BART: head_dim = d_model / heads) is kept as zero-padded units, exactly the masked
+    model's computation."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

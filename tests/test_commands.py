@@ -27,7 +27,7 @@ import pytest
 from tests.helpers import DEEPSPEED, REPO, env, free_port
 from tests.slurm_helpers import Job, job_env, slurm_or_skip, wait_done
 
-STAGES = ("finetune", "prune", "finalize", "evaluate", "pipeline", "estimate", "profile")
+STAGES = ("finetune", "prune", "finalize", "evaluate", "pipeline", "estimate", "profile", "export")
 TINY = ["model.name_or_path=preset:tiny-t5", "model.export_dtype=float32", "data.task=demo",
         "data.max_source_length=64", "data.max_target_length=32", "data.max_train_samples=64",
         "data.max_eval_samples=8", "train.ds_config=ds_configs/zero2_fp32.json", "train.micro_batch_size=4",
@@ -55,6 +55,8 @@ HEAVY_SBATCH = {  # config headers: sbatch commands that stop at the hub model o
         "prune.teacher=runs/t5-xl-samsum/finetune/model",
 }
 README_SPEED = "deepspeed --num_gpus 2 run.py pipeline prune.target_speedup=2.0"
+README_UNIFORM = "deepspeed --num_gpus 2 run.py pipeline prune.uniform_widths=true"
+README_EXPORT = "python run.py export export.format=ctranslate2"
 HOSTFILES = ['python launch/make_hostfile.py --nodes "gpu[01-04]" --slots 8 -o hostfile --env-file .deepspeed_env',
              'python launch/make_hostfile.py --nodes "gpu[01-04]" --slots 8 -o hostfile',
              "python launch/make_hostfile.py --slots 8 -o hostfile",
@@ -73,6 +75,8 @@ DOC_COMMANDS: dict[str, str] = {
     "torchrun --nproc_per_node N run.py <stage> ...": "template: test_torchrun_template",
     README_PRUNE: "test_readme_prune_command",
     README_SPEED: "test_readme_target_speedup_command",
+    README_UNIFORM: "test_readme_serving_commands",
+    README_EXPORT: "test_readme_serving_commands",
     README_SBATCH: "test_readme_sbatch_command",
     HOSTFILES[0]: "test_make_hostfile_commands_as_written",
     "deepspeed --hostfile hostfile run.py prune --config configs/t5_large_samsum.yaml": NEEDS_SSH,
@@ -291,6 +295,52 @@ def test_readme_target_speedup_command(tmp_path):
     rows = {row["model"]: row for row in json.loads((tmp_path / "evaluate" / "report.json").read_text())["rows"]}
     assert rows["final"]["predicted_speedup"] == rows["finalize"]["predicted_speedup"] == report["predicted_speedup"]
     assert rows["final"]["speedup"] > 0 and rows["teacher"]["predicted_speedup"] == 1.0
+
+
+@pytest.mark.slow
+def test_readme_serving_commands(tmp_path):
+    """README's "Serving the result": the uniform-width pipeline on the demo (short steps) publishes the stock class,
+    which loads without remote code, and ``export`` writes a CTranslate2 model whose greedy outputs equal
+    transformers' on the demo's validation inputs."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from nash_ds import serving
+
+    short = [f"output_dir={tmp_path}", "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=8",
+             "pipeline.final_max_steps=2", "prune.sparsity_warmup_steps=3", "data.max_train_samples=64",
+             "data.max_eval_samples=8", "generation.max_new_tokens=4", "evaluate.repeats=2", "evaluate.warmup=1"]
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
+           *_after_run_py(README_UNIFORM), *short]
+    r = _run(cmd, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    model_dir = tmp_path / "final" / "model"
+    assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
+    assert json.loads((tmp_path / "finalize" / "pruning_report.json").read_text())["export_shape"]["shape"] == "stock"
+    r = _run([sys.executable, "run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path}"], timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()  # stock: no trust_remote_code
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    engine = serving.translator(tmp_path / "export" / "ctranslate2")
+    sources = ["summarize: " + json.loads(line)["dialogue"] for line in
+               (REPO / "nash_ds" / "demo" / "data" / "validation.jsonl").read_text().splitlines()[:16]]
+    batch = tok(sources, return_tensors="pt", padding=True)
+    want = serving.hf_greedy_ids(model, batch.input_ids, batch.attention_mask, max_new_tokens=16)
+    got = serving.generate_ids(engine, tok, serving.unpadded(batch.input_ids, batch.attention_mask), max_new_tokens=16)
+    assert got == want and torch.is_tensor(batch.input_ids)
+    # int8 keeps the task metric within 1 point (the shortened run's model; the full demo: docs/BENCHMARKS.md)
+    from nash_ds.metrics import compute_metrics
+
+    r = _run([sys.executable, "run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path / 'int8'}",
+              f"export.model={model_dir}", "export.quantization=int8"], timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    int8 = serving.generate_ids(serving.translator(tmp_path / "int8" / "export" / "ctranslate2", compute_type="int8"),
+                                tok, serving.unpadded(batch.input_ids, batch.attention_mask), max_new_tokens=16)
+    targets = [json.loads(line)["summary"] for line in
+               (REPO / "nash_ds" / "demo" / "data" / "validation.jsonl").read_text().splitlines()[:16]]
+    fp32_score = compute_metrics(tok.batch_decode(want, skip_special_tokens=True), targets)["rougeL"]
+    int8_score = compute_metrics(tok.batch_decode(int8, skip_special_tokens=True), targets)["rougeL"]
+    assert abs(int8_score - fp32_score) <= 1.0, (fp32_score, int8_score)
 
 
 @pytest.mark.slow

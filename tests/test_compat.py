@@ -194,3 +194,13 @@ def test_a_refused_global_is_named(tmp_path):
         compat.load_checkpoint_file(tmp_path / "evil.pt", map_location="meta")
     assert compat.unsupported_global(e.value) == "posix.system"
     assert not (tmp_path / "ran").exists()
+
+
+def test_ctranslate2_converter_fixes_are_still_needed():
+    """compat.ctranslate2_converter: T5Config still forces tie_word_embeddings=True for untied heads (CTranslate2's
+    T5 loader would scale the outputs), and BartConfig / MBartConfig still lack normalize_before (its BART loader
+    reads it). When either assertion fails, the matching fix can go."""
+    from transformers import BartConfig, MBartConfig, T5Config
+
+    assert T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False).tie_word_embeddings is True
+    assert not hasattr(BartConfig(), "normalize_before") and not hasattr(MBartConfig(), "normalize_before")

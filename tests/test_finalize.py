@@ -67,7 +67,7 @@ def test_export_param_count_equals_report_and_mask_expectation(preset, method):
                           masking=Masking(family, masked.config, masks),
                           meta={"method": method, "label": method, "distill": True, "deterministic": "global",
                                 "family": family.name, "teacher": "t", "latency": None}, tag="step-1",
-                          diff=0.0, atol=1e-4)
+                          diff=0.0, atol=1e-4, student_config=masked.config)
     counted = prunable(pruned)
     assert report["params"]["pruned"]["total"] == sum(p.numel() for p in pruned.parameters())
     for part in ("encoder", "decoder", "model"):
@@ -92,7 +92,7 @@ def test_keep_all_plan_reports_zero_sparsity_with_tied_or_untied_heads(name):
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
                           masking=masking, meta={"method": "sft", "label": "sft", "distill": False,
                                 "deterministic": "global", "family": family.name, "teacher": "t", "latency": None},
-                          tag="step-1", diff=0.0, atol=1e-4)
+                          tag="step-1", diff=0.0, atol=1e-4, student_config=student.config)
     assert report["sparsity_vs_teacher"] == {"encoder": 0.0, "decoder": 0.0, "model": 0.0, "total_params": 0.0}
 
 

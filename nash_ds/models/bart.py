@@ -42,6 +42,8 @@ class BartFamily(Family):
     """BART (post-LN, learned positions, biases everywhere)."""
 
     name = "bart"
+    ctranslate2_config = {"normalize_before": False}
+    """What CTranslate2's converter reads and transformers 5 no longer keeps (post-norm layers)."""
     model_types = ("bart",)
     presets = {"tiny-bart": dict(model_type="bart", d_model=64, encoder_layers=4, decoder_layers=4,
                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
@@ -221,6 +223,26 @@ class BartFamily(Family):
         if config.encoder_attention_heads != config.decoder_attention_heads:
             raise ValueError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
                              f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
+
+    def padded_plan(self, config: Any, plan) -> Any:
+        """Stock BART derives head_dim = d_model // heads: with any head dropped every attention keeps all its
+        heads, the dropped ones as zeros; an FFN stack of several widths keeps them all the same way. Hidden
+        dims cannot be padded (LayerNorm averages over every dim): None, the per-layer class."""
+        import dataclasses
+
+        if plan.hidden is not None:
+            return None
+        full = list(range(config.encoder_attention_heads))
+        new = dataclasses.replace(plan)
+        sites = ("encoder_heads", "decoder_self_heads", "decoder_cross_heads")
+        if any(h != full for site in sites for h in getattr(plan, site)):
+            for site in sites:
+                setattr(new, site, [list(full) for _ in getattr(plan, site)])
+        for stack in ("encoder", "decoder"):
+            widths = {len(f) for f in getattr(plan, f"{stack}_ffn")}
+            if len(widths) != 1 or 0 in widths:
+                setattr(new, f"{stack}_ffn", [list(range(self.d_ff(config, stack))) for _ in getattr(plan, f"{stack}_ffn")])
+        return new
 
     def pruned_config(self, config: Any, plan) -> Any:
         """Stock BartConfig only without hidden pruning, with every head kept (stock BART derives

@@ -150,6 +150,11 @@ class Family:
     """Public model shapes by name (``estimate``, ``bench/``): config kwargs, ``model_type`` included."""
     shape_aliases: Mapping[str, str] = {}
     """Hub names -> a name in ``shapes``."""
+    ctranslate2_config: Mapping[str, Any] = {}
+    """Config fields CTranslate2's converter reads that transformers 5 no longer keeps (``compat.ctranslate2_converter``)."""
+    shared_head_positions: bool = False
+    """Whether later layers reuse layer 0's per-head position bias by head position (T5): a stock-shaped export
+    then needs one self-attention head set per stack."""
 
     # ------------------------------------------------------------------ building
     def preset_config(self, name: str, *, special: Mapping[str, int | None]) -> Any:
@@ -359,6 +364,11 @@ class Family:
         """What physical pruning keeps of each state-dict tensor (``stock``: the pruned config is the
         stock class's). Every key of the model must be answered; an unknown key is a ValueError."""
         raise NotImplementedError
+
+    def padded_plan(self, config: Any, plan: Any) -> Any:
+        """For ``plan.stock_shape``: a plan holding ``plan``'s units plus units kept at zero whose shape a stock
+        config of this family fits (physical pruning zeroes the extra units), or None if there is none."""
+        return None
 
     def fold_pruned_state(self, config: Any, plan: Any, state: dict[str, torch.Tensor]) -> None:
         """Adjust the pruned state in place where removing dims changes a computation (default: none)."""

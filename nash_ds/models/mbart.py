@@ -26,6 +26,8 @@ class MBartFamily(BartFamily):
     """mBART (facebook/mbart-large-*)."""
 
     name = "mbart"
+    ctranslate2_config = {"normalize_before": True}
+    """What CTranslate2's converter reads and transformers 5 no longer keeps (pre-norm layers)."""
     model_types = ("mbart",)
     presets = {"tiny-mbart": dict(model_type="mbart", **_TINY)}
     shapes = {"mbart-large": _shape(1024, 16, 4096, 12)}

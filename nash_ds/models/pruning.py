@@ -51,7 +51,30 @@ def validate_plan(config, plan: PruningPlan) -> None:
 def pruned_config(config, plan: PruningPlan) -> PretrainedConfig:
     """Config of the pruned model: the stock class's with new sizes when they fit, else a Nash*Config."""
     validate_plan(config, plan)
-    return family_for(config).pruned_config(config, plan)
+    return family_for(config).pruned_config(config, shape_plan(config, plan))
+
+
+def shape_plan(config, plan: PruningPlan) -> PruningPlan:
+    """The plan whose shape the export's tensors have: ``plan`` itself, or for ``plan.stock_shape`` the family's
+    zero-padded plan (``Family.padded_plan``: ``plan``'s units plus units kept at zero, so that a stock config
+    fits), when the family can give one."""
+    if not plan.stock_shape:
+        return plan
+    return family_for(config).padded_plan(config, plan) or plan
+
+
+def export_shape(config, plan: PruningPlan) -> dict:
+    """What the export is (for pruning_report.json): ``shape`` "stock" or "per_layer" (the remote class), the
+    class name, whether uniform widths were asked for, and the units kept as zeros (the stock config cannot
+    express them: compute is not saved there, a serving engine may strip them)."""
+    new_config = pruned_config(config, plan)
+    padded = shape_plan(config, plan)
+    zeros = {site: sum(len(a) - len(b) for a, b in zip(getattr(padded, site), getattr(plan, site), strict=True))
+             for site in ("encoder_heads", "decoder_self_heads", "decoder_cross_heads", "encoder_ffn", "decoder_ffn")}
+    return {"shape": "per_layer" if is_remote(new_config) else "stock", "uniform_widths": plan.stock_shape,
+            "architectures": [family_for(config).remote_model_class.__name__ if is_remote(new_config)
+                              else type(config).__name__.replace("Config", "ForConditionalGeneration")],
+            "zero_padded_units": zeros}
 
 
 def pruned_state_dict(model: PreTrainedModel, plan: PruningPlan) -> dict[str, torch.Tensor]:
@@ -70,6 +93,7 @@ def prune_state(state: dict[str, torch.Tensor], config, plan: PruningPlan, *,
     """
     family = family_for(config)
     stock = not is_remote(pruned_config(config, plan))
+    plan = shape_plan(config, plan)  # with zero-padded units the caller (prune_model) zeroes them afterwards
     select = family.pruned_key_selector(config, plan, stock=stock)
     out: dict[str, torch.Tensor] = {}
     sliced: dict[tuple, tuple[Index, Index, torch.Tensor]] = {}  # consume: source region -> its slice
@@ -141,10 +165,50 @@ def prune_model(model: PreTrainedModel, plan: PruningPlan, *, consume: bool = Fa
                 tensor.data = tensor.data.to(state[name].dtype)
         new.load_state_dict(state, strict=True)
         new.to(device)
+    _zero_padded_units(new, family, model.config, plan)
     new.train(model.training)
     if getattr(model, "generation_config", None) is not None:
         new.generation_config = copy.deepcopy(model.generation_config)
     return new
+
+
+@torch.no_grad()
+def _zero_padded_units(model: PreTrainedModel, family, config, plan: PruningPlan) -> None:
+    """Zero the units of the shape plan that ``plan`` drops (q/k/v rows and out-projection columns of a head,
+    FFN input rows and output columns of a dim): the stock-shaped model then computes the masked model's output."""
+    padded = shape_plan(config, plan)
+    if padded is plan:
+        return
+
+    def dropped(shape_units, kept_units) -> list[int]:
+        kept = set(kept_units)
+        return [p for p, u in enumerate(shape_units) if u not in kept]
+
+    def zero(linear, positions: list[int], *, width: int, out: bool) -> None:
+        idx = torch.tensor([p * width + j for p in positions for j in range(width)], dtype=torch.long)
+        if out:
+            linear.weight[idx] = 0.0
+            if getattr(linear, "bias", None) is not None:
+                linear.bias[idx] = 0.0
+        else:
+            linear.weight[:, idx] = 0.0
+
+    for stack in ("encoder", "decoder"):
+        head_dim = family.head_dim(config, stack)
+        for i, block in enumerate(family.layers(model, stack)):
+            for kind in family.attention_kinds(stack):
+                site = "encoder_heads" if stack == "encoder" else f"decoder_{kind}_heads"
+                gone = dropped(getattr(padded, site)[i], getattr(plan, site)[i])
+                if gone:
+                    attn = family.attention(block, kind)
+                    for proj in family.attn_in_projs(attn):
+                        zero(proj, gone, width=head_dim, out=True)
+                    zero(family.attn_out_proj(attn), gone, width=head_dim, out=False)
+            gone = dropped(getattr(padded, f"{stack}_ffn")[i], getattr(plan, f"{stack}_ffn")[i])
+            if gone:
+                for proj in family.ffn_in_projs(block):
+                    zero(proj, gone, width=1, out=True)
+                zero(family.ffn_out_proj(block), gone, width=1, out=False)
 
 
 def _assign_state(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:

@@ -51,6 +51,7 @@ class T5Family(Family):
 
     name = "t5"
     model_types = ("t5",)
+    shared_head_positions = True
     presets = {
         "tiny-t5": dict(model_type="t5", feed_forward_proj="relu", **_TINY),
         # the demo's: 8+8 layers, so that decoder depth dominates generation time as in real T5 (transformers
@@ -256,20 +257,42 @@ class T5Family(Family):
         return NashT5ForConditionalGeneration
 
     @staticmethod
-    def _stock_widths(plan) -> tuple[int, int] | None:
-        """(num_heads, d_ff) when a stock T5Config fits the plan, else None.
-
-        Every attention must keep the same number of heads, every FFN the same width, and within a
-        stack all self-attentions the same head set (they share one relative position bias).
-        """
-        head_sets = plan.encoder_heads + plan.decoder_self_heads + plan.decoder_cross_heads
-        counts = {len(h) for h in head_sets}
-        widths = {len(f) for f in plan.encoder_ffn + plan.decoder_ffn}
+    def _stock_heads(plan) -> int | None:
+        """The head count when a stock T5Config fits the plan's heads: every attention keeps the same number,
+        and within a stack all self-attentions the same set (they share one relative position bias)."""
+        counts = {len(h) for h in plan.encoder_heads + plan.decoder_self_heads + plan.decoder_cross_heads}
         same_sets = all(h == plan.encoder_heads[0] for h in plan.encoder_heads) and all(
             h == plan.decoder_self_heads[0] for h in plan.decoder_self_heads)
-        if len(counts) != 1 or len(widths) != 1 or 0 in counts or 0 in widths or not same_sets:
-            return None
-        return counts.pop(), widths.pop()
+        return counts.pop() if len(counts) == 1 and 0 not in counts and same_sets else None
+
+    @staticmethod
+    def _stock_ffn(plan) -> int | None:
+        """The FFN width when every FFN of both stacks keeps the same (non-zero) number of dims."""
+        widths = {len(f) for f in plan.encoder_ffn + plan.decoder_ffn}
+        return widths.pop() if len(widths) == 1 and 0 not in widths else None
+
+    @classmethod
+    def _stock_widths(cls, plan) -> tuple[int, int] | None:
+        """(num_heads, d_ff) when a stock T5Config fits the plan, else None."""
+        heads, ffn = cls._stock_heads(plan), cls._stock_ffn(plan)
+        return None if heads is None or ffn is None else (heads, ffn)
+
+    def padded_plan(self, config: Any, plan) -> Any:
+        """T5Config holds one head count and one FFN width for both stacks: where the plan's do not fit that
+        (NASH narrows the encoder only), every attention (or FFN) keeps all its units and the dropped ones
+        become zeros. Hidden dims stay physically pruned (``d_model``)."""
+        import dataclasses
+
+        full_heads = list(range(config.num_heads))
+        full_ffn = list(range(config.d_ff))
+        new = dataclasses.replace(plan)
+        if self._stock_heads(plan) is None:
+            new.encoder_heads, new.decoder_self_heads, new.decoder_cross_heads = (
+                [list(full_heads) for _ in h] for h in (plan.encoder_heads, plan.decoder_self_heads,
+                                                         plan.decoder_cross_heads))
+        if self._stock_ffn(plan) is None:
+            new.encoder_ffn, new.decoder_ffn = ([list(full_ffn) for _ in f] for f in (plan.encoder_ffn, plan.decoder_ffn))
+        return new
 
     def pruned_config(self, config: Any, plan) -> Any:
         """Stock T5Config with new num_heads / d_ff / d_model when they fit, else a NashT5Config

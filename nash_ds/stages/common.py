@@ -142,3 +142,11 @@ def partitioned_build(ds: dict, name_or_path: str):
     any ZeRO stage and world size, which zero.Init's initialisation would not give.
     """
     return dist.zero3_init_context(ds, enabled=not name_or_path.startswith("preset:"))
+
+
+def newest_model(cfg: RunConfig) -> Path | None:
+    """The newest finished model of the run (final, then finalize, then finetune), or None."""
+    for stage in ("final", "finalize", "finetune"):
+        if (stage_dir(cfg, stage) / "model" / "config.json").is_file():
+            return stage_dir(cfg, stage) / "model"
+    return None

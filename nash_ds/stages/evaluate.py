@@ -134,9 +134,14 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
     """
     from nash_ds.data import build_datasets
 
+    from nash_ds import serving
+
     e = cfg.evaluate
     device, dtype = latency.resolve_device(e.device), latency.resolve_dtype(e.dtype)
     paths = {name: Path(p) for name, p in models.items()}
+    with_ct2 = "ctranslate2" in serving.engines_of(e.engine)
+    for path in paths.values() if with_ct2 else ():  # per-layer widths: refused before any work
+        serving.check_convertible(path, key="evaluate.engine=ctranslate2: model")
     tokenizer = _tokenizer_for(cfg, next(iter(paths.values())))
     eval_set = build_datasets(cfg.data, tokenizer, splits=(cfg.data.eval_split,), seed=cfg.seed)[cfg.data.eval_split]
     loaded, details = {}, {}
@@ -184,8 +189,18 @@ def compare_rows(cfg: RunConfig, models: dict[str, str | Path], *, reference: st
         })
     if any(r["predicted_speedup"] is not None for r in rows):  # the baseline is 1x by definition
         rows[0]["predicted_speedup"] = rows[0]["predicted_speedup"] or 1.0
-    return {"rows": rows, "models": details, "metric": metric, "baseline": base_name,
-            "reference": None if reference is None else str(reference)}
+    result = {"rows": rows, "models": details, "metric": metric, "baseline": base_name,
+              "reference": None if reference is None else str(reference)}
+    if with_ct2:  # the same forced length and interleaving, in CTranslate2; speedups within the engine
+        engine_rows = [{"engine": "transformers", "model": r["model"], "batch_size": r["batch_size"],
+                        "generate_ms": r["generate_ms"], "tokens_per_s": r["tokens_per_s"], "speedup": r["speedup"]}
+                       for r in lat if r["num_beams"] == 1]
+        engine_rows += serving.ctranslate2_latency(
+            loaded, paths, tokenizer, batch_sizes=e.batch_sizes, source_length=e.latency_source_length,
+            new_tokens=e.latency_new_tokens, warmup=e.warmup, repeats=e.repeats, seed=cfg.seed,
+            device=device.type, compute_type="bfloat16" if dtype == torch.bfloat16 else "float32")
+        result["engine_rows"] = engine_rows
+    return result
 
 
 def markdown(result: dict, cfg: RunConfig) -> str:
@@ -213,6 +228,11 @@ def markdown(result: dict, cfg: RunConfig) -> str:
             lines.append(f"| {name} | {r['batch_size']} | {r['num_beams']} | {r['generate_ms']:.1f} | "
                          f"{r['decoder_ms_per_token']:.2f} | {r['encoder_ms']:.1f} | {r['tokens_per_s']:.1f} | "
                          f"{r['speedup']:.2f}x |")
+    if result.get("engine_rows"):
+        lines += ["", f"Engines (greedy, beams 1; speedup vs {result['baseline']} in the same engine):", "",
+                  "| engine | model | batch | generate ms | tokens/s | speedup |", "|" + "|".join(["---"] * 6) + "|"]
+        lines += [f"| {r['engine']} | {r['model']} | {r['batch_size']} | {r['generate_ms']:.1f} | "
+                  f"{r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |" for r in result["engine_rows"]]
     return "\n".join(lines) + "\n"
 
 

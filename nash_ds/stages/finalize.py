@@ -148,7 +148,8 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     stop.at("finalize:read", "finalize (after reading the checkpoint)")
     kept = list(meta["kept_decoder_layers"])
     masking = Masking.build(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
-                            teacher_config=teacher_config, deterministic=meta["deterministic"], mask_state=mask_state)
+                            teacher_config=teacher_config, deterministic=meta["deterministic"], mask_state=mask_state,
+                            uniform=meta.get("uniform_widths", False))  # absent from checkpoints before issue 22
     plan = masking.finalize(student, kept)  # the student is now the masked model
 
     # self-check on real batches of the task: the masked model first, then the pruned one
@@ -167,7 +168,8 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
         stop.at("finalize:check", "finalize (after the self-check)")
         report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
-                              masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol)
+                              masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol,
+                              student_config=student_config)
         cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
         with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
             save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
@@ -224,11 +226,12 @@ def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.d
 
 
 def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking, meta: dict, tag: str,
-                 diff: float, atol: float) -> dict:
+                 diff: float, atol: float, student_config) -> dict:
     """Kept units per layer, provenance of decoder layers, parameter counts (``count_params``: what the
     teacher and the export really hold) and sparsity vs the teacher."""
     from nash_ds.models import count_params
     from nash_ds.models.base import sparsity as sparsity_of
+    from nash_ds.models.pruning import export_shape
 
     ours = count_params(pruned, family)
     s = sparsity_of(ours, teacher_params)
@@ -255,6 +258,7 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
                                 "total_params": s["total_params"]},
         "self_check": {"max_abs_logit_diff": diff, "atol": atol},
         "export_class": type(pruned).__name__,
+        "export_shape": export_shape(student_config, plan),
     }
     if masking.maskset is not None:
         report["mask_expected_prunable_params"] = {k: int(round(float(v)))

@@ -371,13 +371,15 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
         log.info("prune: gradient checkpointing on the student")
     torch.manual_seed(cfg.seed)
     masking = Masking.build(family, student.config, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init,
-                            teacher_config=teacher.config, deterministic=cfg.prune.deterministic)
+                            teacher_config=teacher.config, deterministic=cfg.prune.deterministic,
+                            uniform=cfg.prune.uniform_widths)
     masking.attach(student)
     module = PruneModule(student, family=family, masking=masking, cfg=cfg, kept_decoder_layers=kept, latency=latency)
     distill = distills(cfg)
     meta = {"method": cfg.prune.method, "label": method_label(cfg), "distill": distill, "family": family.name,
             "teacher": teacher_src, "kept_decoder_layers": kept, "target_sparsity": cfg.prune.target_sparsity,
-            "deterministic": cfg.prune.deterministic, "student_config": student.config.to_dict(),
+            "deterministic": cfg.prune.deterministic, "uniform_widths": cfg.prune.uniform_widths,
+            "student_config": student.config.to_dict(),
             "teacher_config": teacher.config.to_dict(), "teacher_params": count_params(teacher, family),
             "latency": None if latency is None else latency.to_dict()}
     # the teacher runs as a frozen engine only to distil from; a CE-only student lets go of it here
