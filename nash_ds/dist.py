@@ -21,7 +21,7 @@ import torch
 import torch.distributed as torch_dist
 
 from nash_ds import compat
-from nash_ds.errors import Preempted, RankFailedError
+from nash_ds.errors import Preempted, RankFailedError, UserError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
@@ -78,6 +78,7 @@ def init_distributed() -> None:
                           MASTER_PORT=str(free_port()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     set_threads_per_rank()
+    compat.silence_deepspeed_all_gather_deprecation()
     import deepspeed
 
     if not torch.cuda.is_available():
@@ -237,8 +238,9 @@ def check_ds_config_shape(ds: Any, *, where: str) -> None:
 
 
 def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_clip: float,
-                      num_ranks: int) -> dict:
-    """Fill "auto" batch fields from the run config; refuse disagreeing numbers, naming them all."""
+                      num_ranks: int, where: str = "DeepSpeed config") -> dict:
+    """Fill "auto" batch fields from the run config; refuse disagreeing numbers, naming them all, and a precision
+    this device cannot run (``where`` names the file in that message)."""
     ds = copy.deepcopy(ds)
     want = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -263,13 +265,24 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
-    if not torch.cuda.is_available():
-        for key in ("bf16", "fp16"):
-            if ds.get(key, {}).get("enabled"):
-                raise ValueError(f"DeepSpeed config enables {key} but no GPU is present; on CPU use an fp32 "
-                                 "config such as ds_configs/zero2_fp32.json")
+    check_precision_runs_here(ds, where=where)
     check_with_deepspeed(ds)
     return ds
+
+
+def check_precision_runs_here(ds: dict, *, where: str) -> None:
+    """Refuse, before anything is built, an fp16 / bf16 config this device cannot train in: on CPU nash-ds trains
+    in fp32 (DeepSpeed's CPU accelerator takes fp16 only on AVX-512 FP16 / AMX CPUs, and CPU bf16 is slow and
+    untested here); on a GPU without bf16 (before Ampere), fp16 or fp32."""
+    enabled = [key for key in ("bf16", "fp16") if ds.get(key, {}).get("enabled")]
+    if not enabled:
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"{where} enables {enabled[0]} but no GPU is present; on CPU use an fp32 config such as "
+                        "ds_configs/zero2_fp32.json")
+    if "bf16" in enabled and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{where} enables bf16 but this GPU ({torch.cuda.get_device_name()}) cannot run it; use an "
+                        "fp16 config or an fp32 one such as ds_configs/zero2_fp32.json")
 
 
 def check_with_deepspeed(ds: dict) -> None:

@@ -46,7 +46,8 @@ class FinetuneTask:
         d = self.cfg.distill
         kd = kd_loss(out.logits, t_out.logits, batch["labels"], temperature=d.temperature)
         loss = d.ce_weight * out.loss + d.kd_weight * kd
-        return loss, {"loss": float(loss), "ce": float(out.loss), "kd": float(kd)}
+        # logged values are detached: float() of a tensor that needs grad warns (torch 2.13)
+        return loss, {"loss": float(loss.detach()), "ce": float(out.loss.detach()), "kd": float(kd.detach())}
 
     def after_optimizer_step(self, engine) -> None:
         pass
@@ -80,7 +81,8 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     common.check_stage_start(cfg, stage_dir)
     ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
                                 grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
-                                num_ranks=dist.world_size())
+                                num_ranks=dist.world_size(),
+                                where=f"train.ds_config {cfg.train.ds_config}")
     common.check_model_source("model.name_or_path", cfg.model.name_or_path)  # before its tokenizer: names the model
     if cfg.train.distill:
         common.check_model_source("prune.teacher", cfg.prune.teacher)

@@ -344,7 +344,8 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     common.check_stage_start(cfg, stage_dir)
     ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
                                 grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
-                                num_ranks=dist.world_size())
+                                num_ranks=dist.world_size(),
+                                where=f"train.ds_config {cfg.train.ds_config}")
     teacher_src = cfg.prune.teacher
     common.check_model_source("prune.teacher", teacher_src)  # a missing or foreign teacher fails here
     if not teacher_src.startswith("preset:"):
