@@ -204,15 +204,15 @@ def load_ds_config(path: str) -> dict:
         p = REPO_DIR / path
     if not p.is_file():
         names = sorted(x.name for x in (REPO_DIR / "ds_configs").glob("*.json"))
-        raise ValueError(f"train.ds_config {path} does not exist; shipped configs: {', '.join(names)}")
+        raise UserError(f"train.ds_config {path} does not exist; shipped configs: {', '.join(names)}")
     try:
         ds = json.loads(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ValueError(f"train.ds_config {p} is not UTF-8 text (byte {e.start}: {e.reason})") from e
+        raise UserError(f"train.ds_config {p} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"train.ds_config {p} is not valid JSON: {e}") from e
+        raise UserError(f"train.ds_config {p} is not valid JSON: {e}") from e
     except OSError as e:
-        raise ValueError(f"train.ds_config {p} cannot be read: {e.strerror or e}") from e
+        raise UserError(f"train.ds_config {p} cannot be read: {e.strerror or e}") from e
     check_ds_config_shape(ds, where=f"train.ds_config {p}")
     return ds
 
@@ -222,18 +222,18 @@ def check_ds_config_shape(ds: Any, *, where: str) -> None:
     a ZeRO stage of 0-3; offload sections as objects. DeepSpeed itself checks the rest."""
     if not isinstance(ds, dict):  # the user's file, not a caller's type error
         example = '{"zero_optimization": {"stage": 2}, ...}'
-        raise ValueError(f"{where} must hold a JSON object ({example}), got a {type(ds).__name__}")  # noqa: TRY004
+        raise UserError(f"{where} must hold a JSON object ({example}), got a {type(ds).__name__}")  # noqa: TRY004
     for key, example in (("bf16", '{"enabled": true}'), ("fp16", '{"enabled": true}'),
                          ("zero_optimization", '{"stage": 2}')):
         if key in ds and not isinstance(ds[key], dict):
-            raise ValueError(f"{where}: \"{key}\" must be an object such as {example}, got {json.dumps(ds[key])}")
+            raise UserError(f"{where}: \"{key}\" must be an object such as {example}, got {json.dumps(ds[key])}")
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise ValueError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {json.dumps(stage)}")
+        raise UserError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {json.dumps(stage)}")
     for key in ("offload_optimizer", "offload_param"):
         if zero.get(key) is not None and not isinstance(zero[key], dict):
-            raise ValueError(f"{where}: zero_optimization.{key} must be an object such as {{\"device\": \"cpu\"}}, "
+            raise UserError(f"{where}: zero_optimization.{key} must be an object such as {{\"device\": \"cpu\"}}, "
                              f"got {json.dumps(zero[key])}")
 
 
@@ -252,7 +252,7 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
         if have == "auto":
             ds[key] = value
         elif have != value:
-            raise ValueError(
+            raise UserError(
                 f"DeepSpeed config sets {key}={have} but the run gives {value} "
                 f"(train.micro_batch_size={micro_batch_size} x train.grad_accum={grad_accum} x "
                 f"world_size={num_ranks}); set it to \"auto\" or make them agree")
@@ -260,7 +260,7 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
         ds["gradient_clipping"] = grad_clip
     for key in ("optimizer", "scheduler"):
         if key in ds:
-            raise ValueError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
+            raise UserError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
                              "for model, masks and lambdas) and scheduler; remove the section")
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
@@ -292,13 +292,13 @@ def check_with_deepspeed(ds: dict) -> None:
 
     clip = ds.get("gradient_clipping")
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
-        raise ValueError(f"train.ds_config: gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
+        raise UserError(f"train.ds_config: gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
     probe = {k: v for k, v in copy.deepcopy(ds).items() if k != "train_batch_size"}  # world size checked above
     try:
         DeepSpeedConfig(probe)
     except Exception as e:  # pydantic's ValidationError, DeepSpeed's asserts: the config is the user's
         reason = " ".join(line.strip() for line in str(e).splitlines() if "further information" not in line)
-        raise ValueError(f"train.ds_config: DeepSpeed refuses it: {reason[:400]}") from e
+        raise UserError(f"train.ds_config: DeepSpeed refuses it: {reason[:400]}") from e
 
 
 def zero_stage(ds: dict) -> int:

@@ -49,6 +49,56 @@ def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, ti
     return r
 
 
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_in_process(stage: str, *overrides: str, check: bool = True,
+                   extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run.py stage overrides`` on one rank inside this process (``cli.main``, as run.py calls it): no fresh
+    interpreter importing torch, transformers and DeepSpeed again. The environment is ``env()``'s; afterwards the
+    environment, the stop signals' handlers and flag, torch's thread count and the logging set-up are as before.
+    Returns what ``run_nash`` returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import logging
+    import signal
+
+    from nash_ds import cli, stop
+
+    saved_env = dict(os.environ)
+    saved_handlers = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
+    saved_stop, threads = dict(stop._STATE), torch.get_num_threads()
+    saved_logger = logging.getLogger("nash_ds")
+    saved_log = (list(saved_logger.handlers), saved_logger.level, saved_logger.propagate)
+    argv = [stage, *overrides]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update({k: v for k, v in env(**(extra_env or {})).items() if k not in LAUNCHER_ENV})
+        stop._STATE.update(requested=False, signal=None)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse
+                code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
+        stop._STATE.clear()
+        stop._STATE.update(saved_stop)
+        torch.set_num_threads(threads)
+        saved_logger.handlers[:] = saved_log[0]
+        saved_logger.setLevel(saved_log[1])
+        saved_logger.propagate = saved_log[2]
+    r = subprocess.CompletedProcess(["run.py", *argv], code, out.getvalue(), err.getvalue())
+    if check and r.returncode != 0:
+        raise AssertionError(f"run.py {' '.join(argv)} (in process) exited {r.returncode}\n--- stdout\n"
+                             f"{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-6000:]}")
+    return r
+
+
 def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     assert files, f"no safetensors in {model_dir}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nash_ds import dist
 from nash_ds.config import RunConfig, dump_yaml
+from nash_ds.errors import UserError
 
 
 def stage_dir(cfg: RunConfig, name: str) -> Path:
@@ -19,7 +20,7 @@ def check_not_finished(cfg: RunConfig, out: Path, *, marker: str = "model") -> N
     """Refuse a finished stage output unless overwrite=true (``open_stage_dir`` removes it then, once every input
     was found good: a bad input never costs the previous result)."""
     if (out / marker).exists() and not cfg.overwrite:
-        raise ValueError(f"{out} already holds a finished run ({out / marker} exists); pass overwrite=true "
+        raise UserError(f"{out} already holds a finished run ({out / marker} exists); pass overwrite=true "
                          "to replace it, or choose another output_dir")
 
 
@@ -28,17 +29,17 @@ def check_output_dir(cfg: RunConfig, out: Path) -> None:
     nothing is left behind by the check."""
     for path in (Path(cfg.output_dir), out):
         if path.exists() and not path.is_dir():
-            raise ValueError(f"output_dir={cfg.output_dir}: {path} is a file, not a directory; choose another "
+            raise UserError(f"output_dir={cfg.output_dir}: {path} is a file, not a directory; choose another "
                              "output_dir")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"output_dir={cfg.output_dir} cannot be created: {existing} is a file, not a directory")
+        raise UserError(f"output_dir={cfg.output_dir} cannot be created: {existing} is a file, not a directory")
     try:  # os.access says yes to root on read-only and virtual file systems; creating something tells
         os.rmdir(tempfile.mkdtemp(prefix=".nash-write-check-", dir=existing))
     except OSError as e:
-        raise ValueError(f"output_dir={cfg.output_dir} is not writable: cannot create anything in {existing} "
+        raise UserError(f"output_dir={cfg.output_dir} is not writable: cannot create anything in {existing} "
                          f"({e.strerror or e}); choose another output_dir") from e
 
 
@@ -67,7 +68,7 @@ def check_before_training(cfg: RunConfig, out: Path, *, num_train: int, method: 
     if tag is None:
         return
     if info.get("method", "finetune") != method:
-        raise ValueError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
+        raise UserError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
                          "another output_dir, or train.resume=false with overwrite=true to start again")
 
 
@@ -78,7 +79,7 @@ def check_model_source(key: str, name_or_path: str) -> None:
 
     if name_or_path.startswith("preset:"):
         if name_or_path[len("preset:"):] not in PRESETS:
-            raise ValueError(f"{key}={name_or_path}: unknown preset; presets: "
+            raise UserError(f"{key}={name_or_path}: unknown preset; presets: "
                              f"{', '.join('preset:' + p for p in sorted(PRESETS))}")
         return
     try:
@@ -88,7 +89,7 @@ def check_model_source(key: str, name_or_path: str) -> None:
         hint = ""
         if name_or_path.rstrip("/").endswith("finetune/model") and not Path(name_or_path).exists():
             hint = " (run 'run.py finetune' with the same output_dir first)"
-        raise ValueError(f"{key}={name_or_path}{hint}: {e}") from e
+        raise UserError(f"{key}={name_or_path}{hint}: {e}") from e
 
 
 def open_stage_dir(cfg: RunConfig, out: Path, *, marker: str = "model") -> None:
@@ -119,12 +120,12 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
-        raise ValueError(f"tokenizer directory {source} does not exist; set model.tokenizer to a directory with "
+        raise UserError(f"tokenizer directory {source} does not exist; set model.tokenizer to a directory with "
                          "tokenizer files or a hub name")
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load a tokenizer from {source!r} (a hub name or a directory with "
+        raise UserError(f"could not load a tokenizer from {source!r} (a hub name or a directory with "
                          f"tokenizer files; set model.tokenizer): {e}") from e
 
 

@@ -23,6 +23,7 @@ import torch
 
 from nash_ds import dist, latency, stop
 from nash_ds.config import RunConfig, to_dict
+from nash_ds.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def default_model(cfg: RunConfig) -> Path:
     for stage in ("final", "finalize", "finetune"):
         if (out / stage / "model" / "config.json").is_file():
             return out / stage / "model"
-    raise ValueError(f"evaluate.model is not set and {out} holds no finished model (final/, finalize/ or "
+    raise UserError(f"evaluate.model is not set and {out} holds no finished model (final/, finalize/ or "
                      "finetune/ model/); set evaluate.model=<HF directory or hub name>")
 
 
@@ -241,7 +242,7 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
 
 def _check_not_finished(cfg: RunConfig, stage_dir: Path) -> None:
     if (stage_dir / REPORT).exists() and not cfg.overwrite:
-        raise ValueError(f"{stage_dir} already holds a finished evaluation ({stage_dir / REPORT} exists); pass "
+        raise UserError(f"{stage_dir} already holds a finished evaluation ({stage_dir / REPORT} exists); pass "
                          "overwrite=true to replace it, or choose another output_dir")
 
 

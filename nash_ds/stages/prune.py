@@ -20,6 +20,7 @@ from nash_ds import checkpoint as ckpt
 from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.distill import BlockOutputs, identity_linear, kd_loss, masked_mse
+from nash_ds.errors import UserError
 from nash_ds.lagrangian import Lagrangian, target_sparsity
 from nash_ds.masks import Masking
 from nash_ds.models.base import DEFAULT_DECODER_LAYERS
@@ -288,7 +289,7 @@ def _check_student_family(cfg: RunConfig, family) -> None:
         except (OSError, ValueError):
             return  # not resolvable here: the student is built from the teacher anyway
     if model_type in supported_model_types() and family_for(model_type) is not family:
-        raise ValueError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
+        raise UserError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
                          f"{name} is {model_type}; teacher and student must be the same family (the student is "
                          "the teacher with its decoder cut)")
 
@@ -310,7 +311,7 @@ def latency_target(cfg: RunConfig, config, *, num_decoder_layers: int):
             lambda: profile(config, cfg.evaluate, seed=cfg.seed, cache=cache).to_dict()))
     given = len(p.decoder_layers) if isinstance(p.decoder_layers, list) else p.decoder_layers
     if model.num_decoder_layers != num_decoder_layers:
-        raise ValueError(f"prune.latency_profile has {model.num_decoder_layers} decoder layers but the teacher "
+        raise UserError(f"prune.latency_profile has {model.num_decoder_layers} decoder layers but the teacher "
                          f"{num_decoder_layers}; profile the teacher's shape ('run.py profile')")
     if p.target_speedup is None:
         return LatencyTarget(model=model, k=given or DEFAULT_DECODER_LAYERS, target_speedup=None)
