@@ -187,14 +187,14 @@ def unlink_shm_allreduce_buffer(rank: int) -> None:
         os.unlink(shm_allreduce_buffer_name(rank))
 
 
-ALL_GATHER_DEPRECATION = r"`torch\.distributed\.all_gather_into_tensor` is deprecated"
-"""The start of torch 2.13.0's FutureWarning for ``all_gather_into_tensor``."""
+ALL_GATHER_DEPRECATION = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+"""The start of torch 2.13.0's FutureWarnings for ``all_gather_into_tensor`` and ``reduce_scatter_tensor``."""
 
 
 def silence_deepspeed_all_gather_deprecation() -> None:
-    """Ignore torch's deprecation of ``torch.distributed.all_gather_into_tensor``: DeepSpeed 0.19.8 calls it in
-    ``deepspeed/comm/torch.py`` (ZeRO's all-gathers) on every run, and only DeepSpeed can move to
-    ``all_gather_single``. Filtered by its message alone, so every other warning still shows
+    """Ignore torch's deprecation of ``torch.distributed.all_gather_into_tensor`` (and of ``reduce_scatter_tensor``,
+    ZeRO-3): DeepSpeed 0.19.8 calls them in ``deepspeed/comm/torch.py`` on every run, and only DeepSpeed can move to
+    ``all_gather_single`` / ``reduce_scatter_single``. Filtered by its message alone, so every other warning still shows
     (tests/test_compat.py fails once DeepSpeed stops calling it)."""
     import warnings
 

@@ -101,7 +101,19 @@ def shutdown(*, wait_for_others: bool = True) -> None:
             if wait_for_others:
                 barrier()
         finally:
-            torch_dist.destroy_process_group()
+            _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Through DeepSpeed when it made the group: ``deepspeed.comm.destroy_process_group`` also drops DeepSpeed's
+    cached groups, which a later run in the same process (the tests' in-process runs) would otherwise reuse."""
+    import sys
+
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()
+    else:
+        torch_dist.destroy_process_group()
 
 
 def rank() -> int:

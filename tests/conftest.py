@@ -46,3 +46,36 @@ def prunable(model) -> dict[str, int]:
 def preset(request) -> str:
     """Each tiny preset name in turn."""
     return request.param
+
+
+# --------------------------------------------------------------------------- pytest-xdist groups (.ci/run: -n 2)
+
+_MULTI_PROCESS = ("ranks=2", "ranks=ranks", "DEEPSPEED", "torchrun", "sbatch", "srun", "Job(", "slurm_or_skip",
+                  "Popen(")
+"""What a test (or a fixture of its module it uses) that starts several processes contains: such tests share the
+two cores, the free ports and the one Slurm cluster, so they run one at a time, in the xdist group "multiproc"."""
+
+
+def _starts_processes(item) -> bool:
+    import inspect
+
+    if item.get_closest_marker("slurm"):
+        return True
+    funcs = [item.function]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        funcs += [d.func for d in defs if getattr(d.func, "__module__", None) == item.module.__name__]
+    try:
+        source = "".join(inspect.getsource(f) for f in funcs)
+    except (OSError, TypeError):
+        return True
+    return any(pattern in source for pattern in _MULTI_PROCESS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup``: multi-process tests in one group, one after another; every other test runs with
+    the rest of its module (its module-scoped fixtures are built once, on one worker)."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            group = "multiproc" if _starts_processes(item) else item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))

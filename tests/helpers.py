@@ -34,8 +34,12 @@ def env(**extra) -> dict:
 
 
 def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, timeout: int = 600,
-             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """``run.py stage overrides`` on 1 rank (python) or N ranks (deepspeed --num_gpus N)."""
+             extra_env: dict | None = None, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """``run.py stage overrides`` on 1 rank or N ranks (deepspeed --num_gpus N). One rank runs inside this process
+    (``run_in_process``; ``timeout`` does not apply there) unless ``subprocess`` or NASH_TEST_SUBPROCESS=1 asks for a
+    fresh ``python run.py``."""
+    if ranks == 1 and not subprocess_ and os.environ.get("NASH_TEST_SUBPROCESS") != "1":
+        return run_in_process(stage, *overrides, check=check, extra_env=extra_env)
     if ranks == 1:
         cmd = [sys.executable, str(REPO / "run.py"), stage, *overrides]
     else:
@@ -73,8 +77,9 @@ def run_in_process(stage: str, *overrides: str, check: bool = True,
     argv = [stage, *overrides]
     out, err = io.StringIO(), io.StringIO()
     try:
+        run_env = {k: v for k, v in env(**(extra_env or {})).items() if k not in LAUNCHER_ENV}
         os.environ.clear()
-        os.environ.update({k: v for k, v in env(**(extra_env or {})).items() if k not in LAUNCHER_ENV})
+        os.environ.update(run_env)
         stop._STATE.update(requested=False, signal=None)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

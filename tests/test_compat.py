@@ -196,6 +196,7 @@ def test_deepspeed_still_calls_the_deprecated_all_gather_into_tensor():
 
     ds_torch = importlib.import_module("deepspeed.comm.torch")  # (deepspeed.comm's attribute `torch` is torch)
     assert "torch.distributed.all_gather_into_tensor" in inspect.getsource(ds_torch)
+    assert "reduce_scatter_tensor(" in inspect.getsource(ds_torch)
     assert "is deprecated" in inspect.getsource(torch.distributed.distributed_c10d).split(
         "def all_gather_into_tensor(", 1)[0][-400:]
 
@@ -212,6 +213,7 @@ def test_the_all_gather_filter_hides_that_deprecation_only():
         warnings.warn("`torch.distributed.all_gather_object` is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["`torch.distributed.all_gather_object` is deprecated"]
     assert re.match(compat.ALL_GATHER_DEPRECATION, "`torch.distributed.all_gather_into_tensor` is deprecated. x")
+    assert re.match(compat.ALL_GATHER_DEPRECATION, "`torch.distributed.reduce_scatter_tensor` is deprecated. x")
 
 
 def test_deepspeed_readers_still_unpickle_with_weights_only_false():
