@@ -48,34 +48,34 @@ def preset(request) -> str:
     return request.param
 
 
-# --------------------------------------------------------------------------- pytest-xdist groups (.ci/run: -n 2)
+# --------------------------------------------------------------------------- pytest-xdist scopes (pytest.ini: -n 2)
 
-_MULTI_PROCESS = ("ranks=2", "ranks=ranks", "DEEPSPEED", "torchrun", "sbatch", "srun", "Job(", "slurm_or_skip",
-                  "Popen(")
-"""What a test (or a fixture of its module it uses) that starts several processes contains: such tests share the
-two cores, the free ports and the one Slurm cluster, so they run one at a time, in the xdist group "multiproc"."""
+_MULTI_PROCESS = ("ranks=2", "ranks=ranks", "DEEPSPEED", "torchrun", "sbatch", "srun", "slurm_or_skip", "Popen(")
+"""What a test module that starts several processes (the launcher, gloo ranks, Slurm jobs) contains."""
 
 
-def _starts_processes(item) -> bool:
-    import inspect
+def xdist_scope(nodeid: str) -> str:
+    """The unit xdist hands to one worker: every module that starts several processes is one scope, "multiproc",
+    run one test after another (they share the two cores, the free ports and the one Slurm cluster); any other
+    module is its own scope (its module-scoped fixtures are built once, on one worker)."""
+    from pathlib import Path
 
-    if item.get_closest_marker("slurm"):
-        return True
-    funcs = [item.function]
-    info = getattr(item, "_fixtureinfo", None)
-    for defs in (info.name2fixturedefs.values() if info else ()):
-        funcs += [d.func for d in defs if getattr(d.func, "__module__", None) == item.module.__name__]
+    module = nodeid.split("::", 1)[0]
+    path = Path(__file__).resolve().parent.parent / module
     try:
-        source = "".join(inspect.getsource(f) for f in funcs)
-    except (OSError, TypeError):
-        return True
-    return any(pattern in source for pattern in _MULTI_PROCESS)
+        source = path.read_text()
+    except OSError:
+        return module
+    return "multiproc" if any(pattern in source for pattern in _MULTI_PROCESS) else module
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup``: multi-process tests in one group, one after another; every other test runs with
-    the rest of its module (its module-scoped fixtures are built once, on one worker)."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            group = "multiproc" if _starts_processes(item) else item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler with ``xdist_scope`` for scopes (xdist 3.8's ``xdist_group`` marks do not reach
+    pytest 9.2's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class MultiprocessInOneScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return MultiprocessInOneScope(config, log)
