@@ -60,7 +60,8 @@ def run_in_process(stage: str, *overrides: str, check: bool = True,
                    extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """``run.py stage overrides`` on one rank inside this process (``cli.main``, as run.py calls it): no fresh
     interpreter importing torch, transformers and DeepSpeed again. The environment is ``env()``'s; afterwards the
-    environment, the stop signals' handlers and flag, torch's thread count and the logging set-up are as before.
+    working directory (the repository's during the run), the environment, the stop signals' handlers and flag, torch's
+    thread count and the logging set-up are as before.
     Returns what ``run_nash`` returns (exit code, stdout, stderr)."""
     import contextlib
     import io
@@ -69,7 +70,7 @@ def run_in_process(stage: str, *overrides: str, check: bool = True,
 
     from nash_ds import cli, stop
 
-    saved_env = dict(os.environ)
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_handlers = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
     saved_stop, threads = dict(stop._STATE), torch.get_num_threads()
     saved_logger = logging.getLogger("nash_ds")
@@ -81,12 +82,14 @@ def run_in_process(stage: str, *overrides: str, check: bool = True,
         os.environ.clear()
         os.environ.update(run_env)
         stop._STATE.update(requested=False, signal=None)
+        os.chdir(REPO)  # as run_nash's subprocess: relative paths (ds_configs/, nash_ds/demo/) from the repository
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli.main(argv)
             except SystemExit as e:  # argparse
                 code = e.code
     finally:
+        os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
         for sig, handler in saved_handlers.items():
