@@ -120,7 +120,7 @@ def read_meta(ckpt_dir: Path) -> dict:
     path = ckpt_dir / META_FILE
     if not path.is_file():
         raise UserError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
-                         "reads the checkpoints of 'run.py prune'")
+                        "reads the checkpoints of 'run.py prune'")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -128,7 +128,7 @@ def read_meta(ckpt_dir: Path) -> dict:
     missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; it is written by 'run.py prune' (rerun the prune stage, "
-                         "or point finalize.checkpoint at the checkpoints of one)")
+                        "or point finalize.checkpoint at the checkpoints of one)")
     for key in ("student_config", "teacher_config"):
         if not isinstance(meta[key], dict) or "model_type" not in meta[key]:
             raise UserError(f"{path}: {key} must be a model config with a model_type; it is written by 'run.py prune'")
@@ -162,9 +162,9 @@ def load_file(path: str | os.PathLike, *, map_location=None):
             raise UnreadableCheckpoint(f"could not read checkpoint file {path} ({reason[:200]}); it is truncated, "
                                        "not a torch.save file, or holds objects nash-ds does not unpickle") from e
         raise UserError(f"refused to load {path}: it is not a checkpoint DeepSpeed wrote for nash-ds (its pickle "
-                         f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
-                         "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
-                         "checkpoint written by nash-ds") from e
+                        f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
+                        "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
+                        "checkpoint written by nash-ds") from e
     except FileNotFoundError as e:
         raise UnreadableCheckpoint(f"checkpoint file {path} does not exist") from e
     except Exception as e:  # truncated, empty or not a torch.save file: name it
@@ -231,13 +231,13 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist (expected a DeepSpeed checkpoint directory such as "
-                         "runs/demo/prune/checkpoints)")
+                        "runs/demo/prune/checkpoints)")
     if (p / COMPLETE).is_file():
         return p.parent, p.name
     tag = newest_complete(p)
     if tag is None:
         raise UserError(f"checkpoint directory {p} holds no complete checkpoint (no step-*/{COMPLETE}); "
-                         "was the run interrupted before its first save?")
+                        "was the run interrupted before its first save?")
     return p, tag
 
 
@@ -256,7 +256,7 @@ def consolidate(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool] | None 
     model_files = sorted(root.glob("*model_states.pt"))
     if not model_files:
         raise UserError(f"checkpoint {root} has no model state files (*model_states.pt); it is corrupt "
-                         "or not a DeepSpeed checkpoint")
+                        "or not a DeepSpeed checkpoint")
     keep = keep or (lambda name: True)
     try:
         info = read_info(ckpt_dir, tag)

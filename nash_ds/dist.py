@@ -246,7 +246,7 @@ def check_ds_config_shape(ds: Any, *, where: str) -> None:
     for key in ("offload_optimizer", "offload_param"):
         if zero.get(key) is not None and not isinstance(zero[key], dict):
             raise UserError(f"{where}: zero_optimization.{key} must be an object such as {{\"device\": \"cpu\"}}, "
-                             f"got {json.dumps(zero[key])}")
+                            f"got {json.dumps(zero[key])}")
 
 
 def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_clip: float,
@@ -273,7 +273,7 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
     for key in ("optimizer", "scheduler"):
         if key in ds:
             raise UserError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
-                             "for model, masks and lambdas) and scheduler; remove the section")
+                            "for model, masks and lambdas) and scheduler; remove the section")
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)

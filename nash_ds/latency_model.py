@@ -153,8 +153,8 @@ class LatencyModel:
                 return k
         best = self.best_speedup(1, max_encoder_sparsity)
         raise UserError(f"prune.target_speedup={target_speedup:g} is not reachable: the best reachable speedup is "
-                         f"{best:.2f}x (k=1 decoder layer, encoder sparsity {max_encoder_sparsity:g}; "
-                         f"{self.describe()}); lower the target or raise prune.max_encoder_sparsity")
+                        f"{best:.2f}x (k=1 decoder layer, encoder sparsity {max_encoder_sparsity:g}; "
+                        f"{self.describe()}); lower the target or raise prune.max_encoder_sparsity")
 
     def describe(self) -> str:
         k = self.key
@@ -191,7 +191,7 @@ def load_profile(path: str, *, config: Any) -> LatencyModel:
     if len(matches) != 1:
         keys = [v["key"] for v in profiles.values()]
         raise UserError(f"prune.latency_profile {path} holds {len(matches)} profiles of this model's shape "
-                         f"({shape}) where one is needed; its profiles: {keys}")
+                        f"({shape}) where one is needed; its profiles: {keys}")
     return matches[0]
 
 

@@ -84,4 +84,4 @@ def check_metric_for_best(metric: str, task: str) -> None:
     valid = (*metric_names_for(task), "loss")
     if metric not in valid:
         raise UserError(f"train.metric_for_best={metric!r} is not reported for data.task={task!r}; choose one of "
-                         f"{', '.join(valid)} (set train.greater_is_better=false for loss)")
+                        f"{', '.join(valid)} (set train.greater_is_better=false for loss)")

@@ -98,8 +98,8 @@ def check_train_size(num_examples: int, *, global_batch: int) -> None:
     """At least one global batch of training examples (the stages check it before writing anything)."""
     if num_examples < global_batch:
         raise UserError(f"the training set has {num_examples} examples, fewer than one global batch "
-                         f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
-                         "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
+                        f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
+                        "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
 
 
 def micro_slice(indices: list[int], *, micro: int, rank: int, num_ranks: int, micro_step: int) -> list[int]:
@@ -316,7 +316,7 @@ class Trainer:
             return 0, {}
         if info.get("method", "finetune") != self.task.method:
             raise UserError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
-                             f"{self.task.method!r}; use another output_dir")
+                            f"{self.task.method!r}; use another output_dir")
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})

@@ -122,7 +122,7 @@ def config_of(name: str) -> Any:
         return load_config(name)
     except ValueError as e:
         raise UserError(f"{name!r} is not a named shape ({', '.join(sorted(SHAPES))}), a preset "
-                         f"({', '.join(sorted(PRESETS))}) or a readable HF config: {e}") from e
+                        f"({', '.join(sorted(PRESETS))}) or a readable HF config: {e}") from e
 
 
 def _looks_local(path: str) -> bool:
@@ -164,7 +164,7 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
     config = load_config(name_or_path)
     if vocab_size is not None and vocab_size > config.vocab_size:
         raise UserError(f"tokenizer vocab_size={vocab_size} exceeds the model's {config.vocab_size} "
-                         f"embedding rows ({name_or_path})")
+                        f"embedding rows ({name_or_path})")
     for key, value in special.items():
         if key != "vocab_size" and value is not None:
             setattr(config, key, value)
@@ -176,9 +176,9 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
     except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:  # weights missing, bad or mismatched
         if "mismatch" in str(e):
             raise UserError(f"the weights of {name_or_path!r} do not match its config.json (tensor shapes differ; "
-                             "transformers' load report above lists them): export the model again") from e
+                            "transformers' load report above lists them): export the model again") from e
         raise UserError(f"could not load the weights of {name_or_path!r} ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]}); re-export or re-download the model") from e
+                        f"{' '.join(str(e).split())[:300]}); re-export or re-download the model") from e
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():
@@ -206,7 +206,7 @@ def check_weight_files(name_or_path: str) -> None:
         return  # transformers reads it with weights_only=True
     else:
         raise UserError(f"model directory {path} holds no weights (model.safetensors, model.safetensors.index.json "
-                         "or pytorch_model.bin); export it again (save_pretrained) or point at another model")
+                        "or pytorch_model.bin); export it again (save_pretrained) or point at another model")
     from safetensors import safe_open
 
     for f in files:
@@ -217,7 +217,7 @@ def check_weight_files(name_or_path: str) -> None:
                 pass
         except (SafetensorError, OSError) as e:
             raise UserError(f"model weights {f} are unreadable ({e}): the file is truncated or not safetensors; "
-                             "export or download the model again") from e
+                            "export or download the model again") from e
 
 
 def load_config(name_or_path: str) -> Any:
@@ -228,18 +228,18 @@ def load_config(name_or_path: str) -> Any:
     if _looks_local(name_or_path) and not os.path.isfile(os.path.join(os.path.expanduser(name_or_path),
                                                                       "config.json")):
         raise UserError(f"model path {name_or_path!r} looks local but has no config.json "
-                         f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
-                         f"with one of {sorted(PRESETS)})")
+                        f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
+                        f"with one of {sorted(PRESETS)})")
     register_export_classes()
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(name_or_path), trust_remote_code=False)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON ({e}); export the model "
-                         "again") from e
+                        "again") from e
     except OSError as e:
         if _looks_local(name_or_path):  # config.json is there (checked above) but unreadable
             raise UserError(f"{os.path.join(name_or_path, 'config.json')} is not a readable model config "
-                             f"({' '.join(str(e).split())[:200]}); export the model again") from e
+                            f"({' '.join(str(e).split())[:200]}); export the model again") from e
         raise UserError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
-                         f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
+                        f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
     return family_for(config).export_config(config)  # rejects unsupported families before any weight is read

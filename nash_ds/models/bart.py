@@ -222,7 +222,7 @@ class BartFamily(Family):
         super().check_prunable(config)
         if config.encoder_attention_heads != config.decoder_attention_heads:
             raise UserError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
-                             f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
+                            f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
 
     def pruned_config(self, config: Any, plan) -> Any:
         """Stock BartConfig only without hidden pruning, with every head kept (stock BART derives

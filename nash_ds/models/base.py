@@ -79,7 +79,7 @@ def select_decoder_layers(num_layers: int, k: int, rule: str | Sequence[int]) ->
         if rule == "high":
             return list(range(num_layers - k, num_layers))
         raise UserError(f"unknown layer selection rule {rule!r}; expected one of {SELECTION_RULES} "
-                         f"or an explicit list of ints")
+                        f"or an explicit list of ints")
     kept = validate_kept_layers(rule, num_layers=num_layers)
     if len(kept) != k:
         raise UserError(f"explicit decoder layer list {kept} has {len(kept)} entries but k={k}")
@@ -347,10 +347,10 @@ class Family:
         (called before any training, so a run that could not finalize never starts)."""
         if self.is_export(config):
             raise UserError(f"cannot prune a pruned {self.name} export with per-layer widths "
-                             f"({type(config).__name__}) again")
+                            f"({type(config).__name__}) again")
         if config.model_type not in self.model_types:
             raise UserError(f"cannot prune model_type {config.model_type!r}; the {self.name} family prunes "
-                             f"{list(self.model_types)}")
+                            f"{list(self.model_types)}")
 
     def pruned_config(self, config: Any, plan: Any) -> Any:
         """Config of the pruned model: the stock class's with new sizes when they fit, else the family's

@@ -40,7 +40,7 @@ def default_model(cfg: RunConfig) -> Path:
         if (out / stage / "model" / "config.json").is_file():
             return out / stage / "model"
     raise UserError(f"evaluate.model is not set and {out} holds no finished model (final/, finalize/ or "
-                     "finetune/ model/); set evaluate.model=<HF directory or hub name>")
+                    "finetune/ model/); set evaluate.model=<HF directory or hub name>")
 
 
 def load_for_eval(name_or_path: str | Path):
@@ -240,12 +240,6 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
         stop.at("evaluate:publish", "evaluate (before publishing the report)")
 
 
-def _check_not_finished(cfg: RunConfig, stage_dir: Path) -> None:
-    if (stage_dir / REPORT).exists() and not cfg.overwrite:
-        raise UserError(f"{stage_dir} already holds a finished evaluation ({stage_dir / REPORT} exists); pass "
-                         "overwrite=true to replace it, or choose another output_dir")
-
-
 def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | Path | None = None,
             stage_dir: Path) -> str:
     """Evaluate ``models`` side by side into ``stage_dir``; returns the markdown table (every rank).
@@ -267,13 +261,14 @@ def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | P
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    """The ``evaluate`` stage: ``evaluate.model`` (after the dense reference, when there is one)."""
+    """The ``evaluate`` stage: ``evaluate.model`` (after the dense reference, when there is one), through
+    ``compare``; a finished report is refused unless overwrite=true."""
     from nash_ds.stages import common
 
-    _check_not_finished(cfg, stage_dir)
+    common.check_not_finished(cfg, stage_dir, marker=REPORT, what="evaluation")
     common.check_output_dir(cfg, stage_dir)
 
-    def work():
+    def chosen():
         model = Path(cfg.evaluate.model) if cfg.evaluate.model else default_model(cfg)
         reference = cfg.evaluate.reference
         for key, source in (("evaluate.model", cfg.evaluate.model), ("evaluate.reference", reference)):
@@ -282,15 +277,13 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
         dense = Path(cfg.output_dir) / "finetune" / "model"
         if reference is None and (dense / "config.json").is_file() and dense.resolve() != model.resolve():
             reference = dense
-        models = {"reference": reference, "model": model} if reference is not None else {"model": model}
-        result = compare_rows(cfg, models, reference=reference)
-        result["config"] = to_dict(cfg)
-        result["environment"] = _environment()
-        _write(result, cfg, stage_dir)
-        log.info("%s", markdown(result, cfg))
-        return {"stage": "evaluate", "report": str(stage_dir / REPORT), "rows": result["rows"]}
+        return {"reference": reference, "model": model} if reference is not None else {"model": model}
 
-    return dist.on_rank_zero(work)
+    models = dist.on_rank_zero(chosen)
+    table = compare(cfg, models=models, reference=models.get("reference"), stage_dir=stage_dir)
+    log.info("%s", table)
+    rows = dist.on_rank_zero(lambda: json.loads((stage_dir / REPORT).read_text())["rows"])
+    return {"stage": "evaluate", "report": str(stage_dir / REPORT), "rows": rows}
 
 
 def _environment() -> dict:
