@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from nash_ds.compat import load_checkpoint_file, storage_file_offset, unsupported_global
+from nash_ds.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ META_KEYS = ("method", "family", "teacher", "kept_decoder_layers", "student_conf
 TAG_RE = re.compile(r"^step-(\d+)$")
 
 
-class UnreadableCheckpoint(ValueError):
+class UnreadableCheckpoint(UserError):
     """A checkpoint file or marker that cannot be read (truncated, missing, not JSON): an older checkpoint
-    may stand in for it. A refused pickle is a plain ``ValueError``: it is never skipped silently."""
+    may stand in for it. A refused pickle is a plain ``UserError``: it is never skipped silently."""
 
 
 def tag_for(step: int) -> str:
@@ -118,19 +119,19 @@ def read_meta(ckpt_dir: Path) -> dict:
     """The metadata ``write_meta`` wrote; ValueError naming the file when it is missing or unreadable."""
     path = ckpt_dir / META_FILE
     if not path.is_file():
-        raise ValueError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
-                         "reads the checkpoints of 'run.py prune'")
+        raise UserError(f"{ckpt_dir} is not a prune-stage checkpoint directory (no {META_FILE}); finalize "
+                        "reads the checkpoints of 'run.py prune'")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it is written by 'run.py prune'") from e
+        raise UserError(f"{path} is not valid JSON ({e}); it is written by 'run.py prune'") from e
     missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
     if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}; it is written by 'run.py prune' (rerun the prune stage, "
-                         "or point finalize.checkpoint at the checkpoints of one)")
+        raise UserError(f"{path} lacks {', '.join(missing)}; it is written by 'run.py prune' (rerun the prune stage, "
+                        "or point finalize.checkpoint at the checkpoints of one)")
     for key in ("student_config", "teacher_config"):
         if not isinstance(meta[key], dict) or "model_type" not in meta[key]:
-            raise ValueError(f"{path}: {key} must be a model config with a model_type; it is written by 'run.py prune'")
+            raise UserError(f"{path}: {key} must be a model config with a model_type; it is written by 'run.py prune'")
     return meta
 
 
@@ -160,10 +161,10 @@ def load_file(path: str | os.PathLike, *, map_location=None):
             reason = str(e).split("WeightsUnpickler error:", 1)[-1].split("\n\n")[0].strip()
             raise UnreadableCheckpoint(f"could not read checkpoint file {path} ({reason[:200]}); it is truncated, "
                                        "not a torch.save file, or holds objects nash-ds does not unpickle") from e
-        raise ValueError(f"refused to load {path}: it is not a checkpoint DeepSpeed wrote for nash-ds (its pickle "
-                         f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
-                         "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
-                         "checkpoint written by nash-ds") from e
+        raise UserError(f"refused to load {path}: it is not a checkpoint DeepSpeed wrote for nash-ds (its pickle "
+                        f"asks for {what}, which could run code); nash-ds unpickles checkpoints with "
+                        "weights_only=True and only the classes in nash_ds/compat.py CHECKPOINT_GLOBALS. Point at a "
+                        "checkpoint written by nash-ds") from e
     except FileNotFoundError as e:
         raise UnreadableCheckpoint(f"checkpoint file {path} does not exist") from e
     except Exception as e:  # truncated, empty or not a torch.save file: name it
@@ -229,14 +230,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     """Accept ``<ckpt_dir>`` (newest complete tag) or ``<ckpt_dir>/<tag>``; clear error otherwise."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"checkpoint {p} does not exist (expected a DeepSpeed checkpoint directory such as "
-                         "runs/demo/prune/checkpoints)")
+        raise UserError(f"checkpoint {p} does not exist (expected a DeepSpeed checkpoint directory such as "
+                        "runs/demo/prune/checkpoints)")
     if (p / COMPLETE).is_file():
         return p.parent, p.name
     tag = newest_complete(p)
     if tag is None:
-        raise ValueError(f"checkpoint directory {p} holds no complete checkpoint (no step-*/{COMPLETE}); "
-                         "was the run interrupted before its first save?")
+        raise UserError(f"checkpoint directory {p} holds no complete checkpoint (no step-*/{COMPLETE}); "
+                        "was the run interrupted before its first save?")
     return p, tag
 
 
@@ -250,12 +251,12 @@ def consolidate(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool] | None 
     """
     root = ckpt_dir / tag
     if not (root / COMPLETE).is_file():
-        raise ValueError(f"{root} is not a complete nash-ds checkpoint (missing {COMPLETE})")
+        raise UserError(f"{root} is not a complete nash-ds checkpoint (missing {COMPLETE})")
     zero_files = sorted(root.glob("*optim_states.pt"))
     model_files = sorted(root.glob("*model_states.pt"))
     if not model_files:
-        raise ValueError(f"checkpoint {root} has no model state files (*model_states.pt); it is corrupt "
-                         "or not a DeepSpeed checkpoint")
+        raise UserError(f"checkpoint {root} has no model state files (*model_states.pt); it is corrupt "
+                        "or not a DeepSpeed checkpoint")
     keep = keep or (lambda name: True)
     try:
         info = read_info(ckpt_dir, tag)
@@ -273,7 +274,7 @@ def consolidate(ckpt_dir: Path, tag: str, *, keep: Callable[[str], bool] | None 
     except ValueError:
         raise
     except Exception as e:  # truncated or foreign files: say which
-        raise ValueError(f"could not read checkpoint {root}: {type(e).__name__}: {e}") from e
+        raise UserError(f"could not read checkpoint {root}: {type(e).__name__}: {e}") from e
     return state
 
 

@@ -2,8 +2,9 @@
 
 Parses arguments (``--config`` and overrides in any order around the stage), loads and validates
 the config *before* any process group or model exists (so bad input fails fast and writes
-nothing), then runs the stage on every rank. Every failure ends in one ``nash-ds: error:`` line
-and an exit code (``nash_ds.errors``); ``--debug`` adds the traceback.
+nothing), then runs the stage on every rank. A user error (``errors.UserError``, or the config loader's
+``ValueError``) ends in one ``nash-ds: error:`` line and exit 2 (``--debug`` adds the traceback); any other
+exception is a bug: exit 1, its traceback and ``nash-ds: internal error in <stage>`` (``nash_ds.errors``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def _fail(code: int, error: BaseException, *, debug: bool, rank_zero: bool = Tru
     return code, ""
 
 
+def _internal(stage: str, error: BaseException, *, rank_zero: bool = True) -> tuple[int, str]:
+    """Exit 1 for an exception nash-ds did not raise on purpose: its traceback, then one line saying so (rank 0
+    at once; other ranks after the grace period, as for ``_fail``)."""
+    line = f"nash-ds: internal error in {stage} (please report): {type(error).__name__}: {error}"
+    if not rank_zero:
+        return errors.EXIT_INTERNAL_ERROR, f"{line} [rank {os.environ.get('RANK', '?')}]"
+    traceback.print_exception(error)
+    print(line, file=sys.stderr, flush=True)
+    return errors.EXIT_INTERNAL_ERROR, ""
+
+
 def _report_late(line: str, error: BaseException | None, *, debug: bool) -> None:
     """A rank other than 0 reports its error only after a grace period (and after leaving the process group):
     launchers (srun --kill-on-bad-exit, deepspeed, torchrun) stop every rank once one exits non-zero, so rank 0,
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(args.stage, cfg)
         log.info("%s finished in %.1f s", args.stage, time.perf_counter() - t0)
         code = 0
-    except ValueError as e:
+    except errors.UserError as e:
         failure = e
         code, late = _fail(errors.EXIT_USER_ERROR, e, debug=args.debug, rank_zero=dist.is_rank_zero())
     except errors.Preempted as e:
@@ -136,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     except (errors.SelfCheckError, errors.RankFailedError) as e:
         failure = e
         code, late = _fail(errors.EXIT_FAILED, e, debug=args.debug, rank_zero=dist.is_rank_zero())
+    except Exception as e:  # a bug, ours or a library's (a ValueError inside torch too): show where
+        failure = e
+        code, late = _internal(args.stage, e, rank_zero=dist.is_rank_zero())
     finally:
         # after an error other ranks may not share, no final barrier: it could pair with another collective
         dist.shutdown(wait_for_others=code in (0, errors.EXIT_PREEMPTED))
-    _report_late(late, failure, debug=args.debug)
+    _report_late(late, failure, debug=args.debug or code == errors.EXIT_INTERNAL_ERROR)
     return code
 
 

@@ -39,6 +39,7 @@ import torch
 
 from nash_ds.config import DataConfig, MixtureItem
 from nash_ds.demo import DEMO_DATA
+from nash_ds.errors import UserError
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 INSTRUCTION_TEMPLATE = "Instruction: {instruction}"
@@ -127,15 +128,15 @@ def get_task(task: str) -> TaskSpec:
     if path.is_dir():
         files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in LOCAL_FORMATS and p.is_file()}
         if not files:
-            raise ValueError(
+            raise UserError(
                 f"data directory {task} holds no {'/'.join(LOCAL_FORMATS)} files (expected train.jsonl etc.)"
             )
         return TaskSpec(name=task, files=files)
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
-            raise ValueError(f"data file {task} does not exist")
+            raise UserError(f"data file {task} does not exist")
         return TaskSpec(name=task, files={"train": task})
-    raise ValueError(
+    raise UserError(
         f"unknown task {task!r}; named tasks: {', '.join(task_names())}; "
         f"or a local {'/'.join(LOCAL_FORMATS)} file or a directory of them"
     )
@@ -150,7 +151,7 @@ def _with_overrides(spec: TaskSpec, data_cfg: DataConfig) -> TaskSpec:
         changes["hub_config"] = data_cfg.dataset_config
     if data_cfg.source_column is not None:
         if spec.kind != "columns":
-            raise ValueError(
+            raise UserError(
                 f"data.source_column does not apply to task {spec.name}, whose source is built from the "
                 f"columns {spec.required_columns()[:-1]}"
             )
@@ -170,9 +171,9 @@ def _with_overrides(spec: TaskSpec, data_cfg: DataConfig) -> TaskSpec:
 
 def _mixture_spec(item: MixtureItem, index: int, data_cfg: DataConfig) -> TaskSpec:
     if not item.task:
-        raise ValueError(f"data.mixture[{index}].task is empty; give a task name or a local file")
+        raise UserError(f"data.mixture[{index}].task is empty; give a task name or a local file")
     if item.weight <= 0:
-        raise ValueError(f"data.mixture[{index}].weight must be > 0, got {item.weight}")
+        raise UserError(f"data.mixture[{index}].weight must be > 0, got {item.weight}")
     spec = get_task(item.task)
     if item.task not in NAMED_TASKS:  # local file or directory: the run's column names apply
         spec = dataclasses.replace(spec, source_column=data_cfg.source_column or spec.source_column,
@@ -191,9 +192,9 @@ def _load_raw(spec: TaskSpec, split: str, cache_dir: str | None) -> datasets.Dat
         path = Path(spec.files[split])
         where = str(path)
         if not path.is_file():
-            raise ValueError(f"data file {path} ({split} split of task {spec.name}) does not exist")
+            raise UserError(f"data file {path} ({split} split of task {spec.name}) does not exist")
         if path.suffix not in LOCAL_FORMATS:
-            raise ValueError(f"data file {path}: unsupported format {path.suffix!r}; use {', '.join(LOCAL_FORMATS)}")
+            raise UserError(f"data file {path}: unsupported format {path.suffix!r}; use {', '.join(LOCAL_FORMATS)}")
         with tempfile.TemporaryDirectory(prefix="nash_ds_data_") as tmp:
             try:
                 ds = datasets.load_dataset(
@@ -202,9 +203,9 @@ def _load_raw(spec: TaskSpec, split: str, cache_dir: str | None) -> datasets.Dat
                 )
             except Exception as e:
                 if path.stat().st_size == 0 or "no data" in str(e):  # "no data": a csv with a header only
-                    raise ValueError(f"the {split} split of task {spec.name} ({where}) is empty") from e
+                    raise UserError(f"the {split} split of task {spec.name} ({where}) is empty") from e
                 cause = e.__cause__ or e.__context__ or e  # datasets wraps the parser's error
-                raise ValueError(
+                raise UserError(
                     f"could not read {where} ({split} split of task {spec.name}): {type(cause).__name__}: "
                     + " ".join(str(cause).split())[:300]
                 ) from e
@@ -214,26 +215,26 @@ def _load_raw(spec: TaskSpec, split: str, cache_dir: str | None) -> datasets.Dat
         try:
             ds = datasets.load_dataset(spec.hub_name, spec.hub_config, split=hub_split, cache_dir=cache_dir)
         except Exception as e:  # offline, unknown name, missing split: all end the same way for the user
-            raise ValueError(
+            raise UserError(
                 f"task {spec.name}: could not load split {hub_split!r} of {where}: {type(e).__name__}: {e}. "
                 f"Without network access, pass local files instead: data.train_file=..., "
                 f"data.validation_file=..., data.test_file=... (jsonl/json/csv/parquet)"
             ) from e
     elif split not in ("train", "validation", "test"):  # only these have a data.<split>_file key
-        raise ValueError(
+        raise UserError(
             f"task {spec.name} has no split {split!r} (data.eval_split); its splits: {', '.join(sorted(spec.files))}. "
             f"Use data.eval_split=validation, or data.task=<directory holding {split}.jsonl>"
         )
     else:
-        raise ValueError(
+        raise UserError(
             f"task {spec.name} has no {split} split: set data.{split}_file=path/to/{split}.jsonl"
             + (" (or data.dataset_name for a hub data set)" if spec.kind == "instruction" else "")
         )
     if len(ds) == 0:
-        raise ValueError(f"the {split} split of task {spec.name} ({where}) is empty")
+        raise UserError(f"the {split} split of task {spec.name} ({where}) is empty")
     missing = [c for c in spec.required_columns() if c not in ds.column_names]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"column {missing[0]!r} not found in the {split} split of task {spec.name} ({where}); "
             f"its columns are {ds.column_names}. Set data.source_column / data.target_column to pick others"
         )
@@ -246,7 +247,7 @@ def _label_text(spec: TaskSpec, label) -> str:
     if label == -1:  # GLUE test splits hide their labels
         return ""
     if not 0 <= label < len(spec.label_names):
-        raise ValueError(f"task {spec.name}: label {label} outside 0..{len(spec.label_names) - 1} {spec.label_names}")
+        raise UserError(f"task {spec.name}: label {label} outside 0..{len(spec.label_names) - 1} {spec.label_names}")
     return spec.label_names[label]
 
 
@@ -278,7 +279,7 @@ def _to_text(ds: datasets.Dataset, spec: TaskSpec) -> datasets.Dataset:
         references = [[str(r) for r in t] if isinstance(t, list) else [str(t)] for t in targets]
         for i, refs in enumerate(references):
             if not refs:
-                raise ValueError(f"task {spec.name}: row {i} of a batch has an empty list in column "
+                raise UserError(f"task {spec.name}: row {i} of a batch has an empty list in column "
                                  f"{spec.target_column!r}; give at least one reference")
         return {
             "source": [spec.prefix + str(s) for s in sources],
@@ -353,7 +354,7 @@ def build_text_splits(
     """The splits as ``source`` / ``target`` / ``task`` text, capped and (train) mixed; no tokenizer needed."""
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(data_cfg, key) is not None and getattr(data_cfg, key) < 1:
-            raise ValueError(f"data.{key} must be >= 1 or null (all), got {getattr(data_cfg, key)}")
+            raise UserError(f"data.{key} must be >= 1 or null (all), got {getattr(data_cfg, key)}")
     if data_cfg.mixture:
         return {split: _mixture_split(data_cfg, split, seed, cache_dir) for split in splits}
     spec = _with_overrides(get_task(data_cfg.task), data_cfg)
@@ -386,7 +387,7 @@ class Seq2SeqCollator:
 
     def __init__(self, tokenizer, *, pad_to_multiple_of: int | None = None, label_pad_id: int = -100):
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad token")
+            raise UserError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad token")
         self.pad_id = tokenizer.pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.label_pad_id = label_pad_id

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as torch_dist
 
 from nash_ds import compat
-from nash_ds.errors import Preempted, RankFailedError
+from nash_ds.errors import Preempted, RankFailedError, UserError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
@@ -78,6 +78,7 @@ def init_distributed() -> None:
                           MASTER_PORT=str(free_port()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     set_threads_per_rank()
+    compat.silence_deepspeed_all_gather_deprecation()
     import deepspeed
 
     if not torch.cuda.is_available():
@@ -100,7 +101,19 @@ def shutdown(*, wait_for_others: bool = True) -> None:
             if wait_for_others:
                 barrier()
         finally:
-            torch_dist.destroy_process_group()
+            _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Through DeepSpeed when it made the group: ``deepspeed.comm.destroy_process_group`` also drops DeepSpeed's
+    cached groups, which a later run in the same process (the tests' in-process runs) would otherwise reuse."""
+    import sys
+
+    ds_comm = sys.modules.get("deepspeed.comm")
+    if ds_comm is not None and ds_comm.is_initialized():
+        ds_comm.destroy_process_group()
+    else:
+        torch_dist.destroy_process_group()
 
 
 def rank() -> int:
@@ -203,15 +216,15 @@ def load_ds_config(path: str) -> dict:
         p = REPO_DIR / path
     if not p.is_file():
         names = sorted(x.name for x in (REPO_DIR / "ds_configs").glob("*.json"))
-        raise ValueError(f"train.ds_config {path} does not exist; shipped configs: {', '.join(names)}")
+        raise UserError(f"train.ds_config {path} does not exist; shipped configs: {', '.join(names)}")
     try:
         ds = json.loads(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ValueError(f"train.ds_config {p} is not UTF-8 text (byte {e.start}: {e.reason})") from e
+        raise UserError(f"train.ds_config {p} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"train.ds_config {p} is not valid JSON: {e}") from e
+        raise UserError(f"train.ds_config {p} is not valid JSON: {e}") from e
     except OSError as e:
-        raise ValueError(f"train.ds_config {p} cannot be read: {e.strerror or e}") from e
+        raise UserError(f"train.ds_config {p} cannot be read: {e.strerror or e}") from e
     check_ds_config_shape(ds, where=f"train.ds_config {p}")
     return ds
 
@@ -221,24 +234,25 @@ def check_ds_config_shape(ds: Any, *, where: str) -> None:
     a ZeRO stage of 0-3; offload sections as objects. DeepSpeed itself checks the rest."""
     if not isinstance(ds, dict):  # the user's file, not a caller's type error
         example = '{"zero_optimization": {"stage": 2}, ...}'
-        raise ValueError(f"{where} must hold a JSON object ({example}), got a {type(ds).__name__}")  # noqa: TRY004
+        raise UserError(f"{where} must hold a JSON object ({example}), got a {type(ds).__name__}")  # noqa: TRY004
     for key, example in (("bf16", '{"enabled": true}'), ("fp16", '{"enabled": true}'),
                          ("zero_optimization", '{"stage": 2}')):
         if key in ds and not isinstance(ds[key], dict):
-            raise ValueError(f"{where}: \"{key}\" must be an object such as {example}, got {json.dumps(ds[key])}")
+            raise UserError(f"{where}: \"{key}\" must be an object such as {example}, got {json.dumps(ds[key])}")
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise ValueError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {json.dumps(stage)}")
+        raise UserError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3, got {json.dumps(stage)}")
     for key in ("offload_optimizer", "offload_param"):
         if zero.get(key) is not None and not isinstance(zero[key], dict):
-            raise ValueError(f"{where}: zero_optimization.{key} must be an object such as {{\"device\": \"cpu\"}}, "
-                             f"got {json.dumps(zero[key])}")
+            raise UserError(f"{where}: zero_optimization.{key} must be an object such as {{\"device\": \"cpu\"}}, "
+                            f"got {json.dumps(zero[key])}")
 
 
 def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_clip: float,
-                      num_ranks: int) -> dict:
-    """Fill "auto" batch fields from the run config; refuse disagreeing numbers, naming them all."""
+                      num_ranks: int, where: str = "DeepSpeed config") -> dict:
+    """Fill "auto" batch fields from the run config; refuse disagreeing numbers, naming them all, and a precision
+    this device cannot run (``where`` names the file in that message)."""
     ds = copy.deepcopy(ds)
     want = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -250,7 +264,7 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
         if have == "auto":
             ds[key] = value
         elif have != value:
-            raise ValueError(
+            raise UserError(
                 f"DeepSpeed config sets {key}={have} but the run gives {value} "
                 f"(train.micro_batch_size={micro_batch_size} x train.grad_accum={grad_accum} x "
                 f"world_size={num_ranks}); set it to \"auto\" or make them agree")
@@ -258,18 +272,29 @@ def resolve_ds_config(ds: dict, *, micro_batch_size: int, grad_accum: int, grad_
         ds["gradient_clipping"] = grad_clip
     for key in ("optimizer", "scheduler"):
         if key in ds:
-            raise ValueError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
-                             "for model, masks and lambdas) and scheduler; remove the section")
+            raise UserError(f"DeepSpeed config has '{key}': nash-ds builds its own optimizer (param groups "
+                            "for model, masks and lambdas) and scheduler; remove the section")
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
-    if not torch.cuda.is_available():
-        for key in ("bf16", "fp16"):
-            if ds.get(key, {}).get("enabled"):
-                raise ValueError(f"DeepSpeed config enables {key} but no GPU is present; on CPU use an fp32 "
-                                 "config such as ds_configs/zero2_fp32.json")
+    check_precision_runs_here(ds, where=where)
     check_with_deepspeed(ds)
     return ds
+
+
+def check_precision_runs_here(ds: dict, *, where: str) -> None:
+    """Refuse, before anything is built, an fp16 / bf16 config this device cannot train in: on CPU nash-ds trains
+    in fp32 (DeepSpeed's CPU accelerator takes fp16 only on AVX-512 FP16 / AMX CPUs, and CPU bf16 is slow and
+    untested here); on a GPU without bf16 (before Ampere), fp16 or fp32."""
+    enabled = [key for key in ("bf16", "fp16") if ds.get(key, {}).get("enabled")]
+    if not enabled:
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"{where} enables {enabled[0]} but no GPU is present; on CPU use an fp32 config such as "
+                        "ds_configs/zero2_fp32.json")
+    if "bf16" in enabled and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{where} enables bf16 but this GPU ({torch.cuda.get_device_name()}) cannot run it; use an "
+                        "fp16 config or an fp32 one such as ds_configs/zero2_fp32.json")
 
 
 def check_with_deepspeed(ds: dict) -> None:
@@ -279,13 +304,13 @@ def check_with_deepspeed(ds: dict) -> None:
 
     clip = ds.get("gradient_clipping")
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
-        raise ValueError(f"train.ds_config: gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
+        raise UserError(f"train.ds_config: gradient_clipping must be a number >= 0 or \"auto\", got {clip!r}")
     probe = {k: v for k, v in copy.deepcopy(ds).items() if k != "train_batch_size"}  # world size checked above
     try:
         DeepSpeedConfig(probe)
     except Exception as e:  # pydantic's ValidationError, DeepSpeed's asserts: the config is the user's
         reason = " ".join(line.strip() for line in str(e).splitlines() if "further information" not in line)
-        raise ValueError(f"train.ds_config: DeepSpeed refuses it: {reason[:400]}") from e
+        raise UserError(f"train.ds_config: DeepSpeed refuses it: {reason[:400]}") from e
 
 
 def zero_stage(ds: dict) -> int:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from nash_ds.errors import UserError
+
 ExtraFile = bytes | str | Path
 
 
@@ -104,7 +106,7 @@ def unwrap_model(model: nn.Module) -> PreTrainedModel:
 
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; pass overwrite=True to replace it")
+        raise UserError(f"{out} already exists; pass overwrite=True to replace it")
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -166,5 +168,5 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(names)}")
+        raise UserError(f"dtype {dtype!r} is not one of {sorted(names)}")
     return names[dtype]

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from nash_ds.errors import UserError
+
 LATENCY_KEYS = ("batch_size", "num_beams", "source_length", "new_tokens", "encoder_ms", "first_token_ms",
                 "generate_ms", "decoder_ms_per_token", "tokens_per_s")
 """Keys of every row ``measure_latency`` returns (plus device, dtype, threads, repeats)."""
@@ -41,7 +43,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"latency device {name!r} asked for, but no GPU is visible (use cpu or auto)")
+        raise UserError(f"latency device {name!r} asked for, but no GPU is visible (use cpu or auto)")
     return torch.device(name)
 
 
@@ -51,7 +53,7 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
               "float16": torch.float16, "fp16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"latency dtype must be one of {', '.join(dtypes)}, got {name!r}")
+        raise UserError(f"latency dtype must be one of {', '.join(dtypes)}, got {name!r}")
     return dtypes[name]
 
 
@@ -126,9 +128,9 @@ def measure_many(models: Mapping[str, torch.nn.Module], *, batch_size: int = 1, 
     same random input ids (when their vocabularies agree).
     """
     if new_tokens < 2:
-        raise ValueError(f"latency new_tokens must be >= 2 (the per-token decoder time is a difference), got {new_tokens}")
+        raise UserError(f"latency new_tokens must be >= 2 (the per-token decoder time is a difference), got {new_tokens}")
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"latency needs repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise UserError(f"latency needs repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     runs = {}
     for name, model in models.items():
         inputs = random_inputs(model, batch_size=batch_size, source_length=source_length, seed=seed)

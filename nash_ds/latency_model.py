@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from nash_ds.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ENCODER_TERMS = ("base", "attn", "head", "ffn", "dim")
@@ -140,7 +142,7 @@ class LatencyModel:
         if k is not None:
             best = self.best_speedup(k, max_encoder_sparsity)
             if best < target_speedup:
-                raise ValueError(
+                raise UserError(
                     f"prune.target_speedup={target_speedup:g} is not reachable with prune.decoder_layers={k}: the "
                     f"latency model predicts at most {best:.2f}x (encoder sparsity {max_encoder_sparsity:g}, "
                     f"{self.describe()}); lower the target, keep fewer decoder layers, or raise "
@@ -150,9 +152,9 @@ class LatencyModel:
             if self.best_speedup(k, max_encoder_sparsity) >= target_speedup:
                 return k
         best = self.best_speedup(1, max_encoder_sparsity)
-        raise ValueError(f"prune.target_speedup={target_speedup:g} is not reachable: the best reachable speedup is "
-                         f"{best:.2f}x (k=1 decoder layer, encoder sparsity {max_encoder_sparsity:g}; "
-                         f"{self.describe()}); lower the target or raise prune.max_encoder_sparsity")
+        raise UserError(f"prune.target_speedup={target_speedup:g} is not reachable: the best reachable speedup is "
+                        f"{best:.2f}x (k=1 decoder layer, encoder sparsity {max_encoder_sparsity:g}; "
+                        f"{self.describe()}); lower the target or raise prune.max_encoder_sparsity")
 
     def describe(self) -> str:
         k = self.key
@@ -179,17 +181,17 @@ def load_profile(path: str, *, config: Any) -> LatencyModel:
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"prune.latency_profile {path} does not exist (write one with 'run.py profile')")
+        raise UserError(f"prune.latency_profile {path} does not exist (write one with 'run.py profile')")
     try:
         profiles = json.loads(p.read_text())["profiles"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"prune.latency_profile {path} is not a latency.json of 'run.py profile' ({e})") from e
+        raise UserError(f"prune.latency_profile {path} is not a latency.json of 'run.py profile' ({e})") from e
     shape = shape_fingerprint(config)
     matches = [LatencyModel.from_dict(v) for v in profiles.values() if v["key"]["shape"] == shape]
     if len(matches) != 1:
         keys = [v["key"] for v in profiles.values()]
-        raise ValueError(f"prune.latency_profile {path} holds {len(matches)} profiles of this model's shape "
-                         f"({shape}) where one is needed; its profiles: {keys}")
+        raise UserError(f"prune.latency_profile {path} holds {len(matches)} profiles of this model's shape "
+                        f"({shape}) where one is needed; its profiles: {keys}")
     return matches[0]
 
 

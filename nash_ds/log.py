@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from nash_ds.errors import UserError
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ROOT = "nash_ds"
 _log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def setup(level: str = "INFO") -> logging.Logger:
     """Configure the ``nash_ds`` logger: ``level`` on rank 0, errors only elsewhere."""
     level = level.upper()
     if level not in LEVELS:
-        raise ValueError(f"--log-level must be one of {', '.join(LEVELS)}, got {level!r}")
+        raise UserError(f"--log-level must be one of {', '.join(LEVELS)}, got {level!r}")
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

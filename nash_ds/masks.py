@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nash_ds.errors import UserError
 from nash_ds.models.base import MASKS_ATTACHED, STACKS, Family, validate_kept_layers
 from nash_ds.plan import PruningPlan
 
@@ -76,7 +77,7 @@ def site_name(stack: str, kind: str) -> str:
 def log_alpha_mean(droprate: float) -> float:
     """Init mean of log_alpha for drop rate p: log(1 - p) - log(p)."""
     if not 0.0 < droprate < 1.0:
-        raise ValueError(f"droprate_init must be in (0, 1), got {droprate}")
+        raise UserError(f"droprate_init must be in (0, 1), got {droprate}")
     return math.log(1.0 - droprate) - math.log(droprate)
 
 
@@ -132,7 +133,7 @@ class HardConcrete(nn.Module):
                  generator: torch.Generator | None = None, rule: str = "global"):
         super().__init__()
         if rule not in DETERMINISTIC_RULES + UNIFORM_RULES:
-            raise ValueError(f"deterministic rule must be one of {DETERMINISTIC_RULES + UNIFORM_RULES}, got {rule!r}")
+            raise UserError(f"deterministic rule must be one of {DETERMINISTIC_RULES + UNIFORM_RULES}, got {rule!r}")
         self.rule = rule
         self.log_alpha = nn.Parameter(torch.empty(rows, units))
         with torch.no_grad():
@@ -189,7 +190,7 @@ class MaskSet(nn.Module):
         whole-sublayer gates), and the expected size is the one of that shape."""
         super().__init__()
         if method not in METHODS:
-            raise ValueError(f"mask method must be one of {METHODS}, got {method!r}")
+            raise UserError(f"mask method must be one of {METHODS}, got {method!r}")
         self.family = family
         self.config = config
         self.method = method

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nash_ds.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +41,7 @@ def model_config(name: str):
     try:
         return config_of(name)
     except ValueError as e:
-        raise ValueError(f"estimate.model {e}") from e
+        raise UserError(f"estimate.model {e}") from e
 
 
 def meta_model(config) -> torch.nn.Module:
@@ -335,7 +337,7 @@ def build_models(cfg, est: EstimateConfig) -> Models:
     from nash_ds.models import family_for, kept_decoder_layers
 
     if est.stage not in ("finetune", "prune"):
-        raise ValueError(f"estimate.stage must be finetune or prune, got {est.stage!r}")
+        raise UserError(f"estimate.stage must be finetune or prune, got {est.stage!r}")
     name = est.model or (cfg.prune.teacher if est.stage == "prune" else cfg.model.name_or_path)
     teacher = meta_model(model_config(name))
     family = family_for(teacher.config)
@@ -416,7 +418,7 @@ def estimate(cfg, est: EstimateConfig | None = None) -> dict[str, Any]:
     plans = _plans(est, t.ds_config)
     low = {p.name for p in plans if p.dtype_bytes == 2}
     if est.device == "cpu" and low:
-        raise ValueError(f"estimate.device=cpu but {sorted(low)} are bf16/fp16 configs (GPU only)")
+        raise UserError(f"estimate.device=cpu but {sorted(low)} are bf16/fp16 configs (GPU only)")
     results = [estimate_plan(models, p, est=est, batch=t.micro_batch_size, src=d.max_source_length,
                              tgt=d.max_target_length, checkpointing=t.gradient_checkpointing) for p in plans]
     if est.world_size == 1:  # ZeRO shards nothing on one rank; ZeRO-0 is the honest 1-rank plan
@@ -444,15 +446,15 @@ def estimate(cfg, est: EstimateConfig | None = None) -> dict[str, Any]:
 
 def _validate(est: EstimateConfig) -> None:
     if est.world_size < 1:
-        raise ValueError(f"estimate.world_size must be >= 1, got {est.world_size}")
+        raise UserError(f"estimate.world_size must be >= 1, got {est.world_size}")
     if est.ranks_per_node < 1:
-        raise ValueError(f"estimate.ranks_per_node must be >= 1, got {est.ranks_per_node}")
+        raise UserError(f"estimate.ranks_per_node must be >= 1, got {est.ranks_per_node}")
     if est.device not in ("gpu", "cpu"):
-        raise ValueError(f"estimate.device must be gpu or cpu, got {est.device!r}")
+        raise UserError(f"estimate.device must be gpu or cpu, got {est.device!r}")
     if est.memory_gb <= 0:
-        raise ValueError(f"estimate.memory_gb must be > 0, got {est.memory_gb}")
+        raise UserError(f"estimate.memory_gb must be > 0, got {est.memory_gb}")
     if not 0 < est.headroom <= 1:
-        raise ValueError(f"estimate.headroom must be in (0, 1], got {est.headroom}")
+        raise UserError(f"estimate.headroom must be in (0, 1], got {est.headroom}")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 
+from nash_ds.errors import UserError
+
 ROUGE_NAMES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 METRIC_NAMES = (*ROUGE_NAMES, "bleu", "exact_match", "accuracy", "wer", "per")
 DEFAULT_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match", "wer", "per")
@@ -87,7 +89,7 @@ def compute_metrics(
     texts of which the closest counts), in [0, 100]."""
     unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(METRIC_NAMES)}")
+        raise UserError(f"unknown metric(s) {unknown}; valid: {', '.join(METRIC_NAMES)}")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
@@ -138,8 +140,8 @@ def check_metric_for_best(metric: str, task: str, *, greater_is_better: bool | N
     stage writes anything, not at the first evaluation after hours of training."""
     valid = (*metric_names_for(task), "loss")
     if metric not in valid:
-        raise ValueError(f"train.metric_for_best={metric!r} is not reported for data.task={task!r}; choose one of "
+        raise UserError(f"train.metric_for_best={metric!r} is not reported for data.task={task!r}; choose one of "
                          f"{', '.join(valid)} (set train.greater_is_better=false for loss, wer and per)")
     if greater_is_better and metric in LOWER_IS_BETTER:
-        raise ValueError(f"train.metric_for_best={metric} is an error rate (lower is better) but "
+        raise UserError(f"train.metric_for_best={metric} is an error rate (lower is better) but "
                          "train.greater_is_better=true would keep the worst checkpoint; set train.greater_is_better=false")

@@ -12,6 +12,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from nash_ds.errors import UserError
+
 
 @dataclass
 class PruningPlan:
@@ -44,7 +46,7 @@ class PruningPlan:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown pruning plan keys {sorted(unknown)}; expected {sorted(names)}")
+            raise UserError(f"unknown pruning plan keys {sorted(unknown)}; expected {sorted(names)}")
         return cls(**d)
 
     def to_json(self) -> str:

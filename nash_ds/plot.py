@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nash_ds.errors import UserError
+
 MASK_DPI = 100
 """Pixels per inch of the mask figures (TensorBoard images and PNGs): 9 in wide -> 900 px."""
 MASK_LABELS = {"heads": "attention head", "ffn": "FFN dim", "hidden": "hidden dim"}
@@ -84,7 +86,7 @@ def plot_points(points: list[dict], out: str | Path, *, title: str = "quality vs
     as targets in the legend: a goal, never a point that could be read as a result."""
     plt = _pyplot()
     if not points:
-        raise ValueError("no points to plot (the reports hold no rows)")
+        raise UserError("no points to plot (the reports hold no rows)")
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
     seen = set()
     several = False

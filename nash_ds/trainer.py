@@ -21,7 +21,7 @@ import torch
 from nash_ds import checkpoint as ckpt
 from nash_ds import dist, stop
 from nash_ds.config import RunConfig
-from nash_ds.errors import Preempted
+from nash_ds.errors import Preempted, UserError
 from nash_ds.log import Progress
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ def step_indices(num_examples: int, *, seed: int, step: int, global_batch: int) 
 def check_train_size(num_examples: int, *, global_batch: int) -> None:
     """At least one global batch of training examples (the stages check it before writing anything)."""
     if num_examples < global_batch:
-        raise ValueError(f"the training set has {num_examples} examples, fewer than one global batch "
-                         f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
-                         "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
+        raise UserError(f"the training set has {num_examples} examples, fewer than one global batch "
+                        f"({global_batch} = train.micro_batch_size x train.grad_accum x ranks); lower "
+                        "train.micro_batch_size or train.grad_accum, or raise data.max_train_samples")
 
 
 def micro_slice(indices: list[int], *, micro: int, rank: int, num_ranks: int, micro_step: int) -> list[int]:
@@ -282,7 +282,7 @@ class Trainer:
         t = self.cfg.train
         key = t.metric_for_best
         if key not in metrics:
-            raise ValueError(f"train.metric_for_best={key!r} is not among the eval metrics {sorted(metrics)}")
+            raise UserError(f"train.metric_for_best={key!r} is not among the eval metrics {sorted(metrics)}")
         value = metrics[key]
         better = best.get("value") is None or (value > best["value"] if t.greater_is_better else value < best["value"])
         if better and self.task.eligible_for_best(metrics):
@@ -315,8 +315,8 @@ class Trainer:
         if tag is None:
             return 0, {}
         if info.get("method", "finetune") != self.task.method:
-            raise ValueError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
-                             f"{self.task.method!r}; use another output_dir")
+            raise UserError(f"{self.ckpt_dir / tag} was written by method {info.get('method')!r}, not "
+                            f"{self.task.method!r}; use another output_dir")
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, client["step"])
         return int(client["step"]), dict(client.get("best") or {})

@@ -46,3 +46,36 @@ def prunable(model) -> dict[str, int]:
 def preset(request) -> str:
     """Each tiny preset name in turn."""
     return request.param
+
+
+# --------------------------------------------------------------------------- pytest-xdist scopes (pytest.ini: -n 2)
+
+_MULTI_PROCESS = ("ranks=2", "ranks=ranks", "DEEPSPEED", "torchrun", "sbatch", "srun", "slurm_or_skip", "Popen(")
+"""What a test module that starts several processes (the launcher, gloo ranks, Slurm jobs) contains."""
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit xdist hands to one worker: every module that starts several processes is one scope, "multiproc",
+    run one test after another (they share the two cores, the free ports and the one Slurm cluster); any other
+    module is its own scope (its module-scoped fixtures are built once, on one worker)."""
+    from pathlib import Path
+
+    module = nodeid.split("::", 1)[0]
+    path = Path(__file__).resolve().parent.parent / module
+    try:
+        source = path.read_text()
+    except OSError:
+        return module
+    return "multiproc" if any(pattern in source for pattern in _MULTI_PROCESS) else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler with ``xdist_scope`` for scopes (xdist 3.8's ``xdist_group`` marks do not reach
+    pytest 9.2's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class MultiprocessInOneScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return MultiprocessInOneScope(config, log)

@@ -34,8 +34,12 @@ def env(**extra) -> dict:
 
 
 def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, timeout: int = 600,
-             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """``run.py stage overrides`` on 1 rank (python) or N ranks (deepspeed --num_gpus N)."""
+             extra_env: dict | None = None, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """``run.py stage overrides`` on 1 rank or N ranks (deepspeed --num_gpus N). One rank runs inside this process
+    (``run_in_process``; ``timeout`` does not apply there) unless ``subprocess`` or NASH_TEST_SUBPROCESS=1 asks for a
+    fresh ``python run.py``."""
+    if ranks == 1 and not subprocess_ and os.environ.get("NASH_TEST_SUBPROCESS") != "1":
+        return run_in_process(stage, *overrides, check=check, extra_env=extra_env)
     if ranks == 1:
         cmd = [sys.executable, str(REPO / "run.py"), stage, *overrides]
     else:
@@ -46,6 +50,60 @@ def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, ti
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n"
                              f"--- stderr\n{r.stderr[-6000:]}")
+    return r
+
+
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_in_process(stage: str, *overrides: str, check: bool = True,
+                   extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run.py stage overrides`` on one rank inside this process (``cli.main``, as run.py calls it): no fresh
+    interpreter importing torch, transformers and DeepSpeed again. The environment is ``env()``'s; afterwards the
+    working directory (the repository's during the run), the environment, the stop signals' handlers and flag, torch's
+    thread count and the logging set-up are as before.
+    Returns what ``run_nash`` returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import logging
+    import signal
+
+    from nash_ds import cli, stop
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_handlers = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
+    saved_stop, threads = dict(stop._STATE), torch.get_num_threads()
+    saved_logger = logging.getLogger("nash_ds")
+    saved_log = (list(saved_logger.handlers), saved_logger.level, saved_logger.propagate)
+    argv = [stage, *overrides]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        run_env = {k: v for k, v in env(**(extra_env or {})).items() if k not in LAUNCHER_ENV}
+        os.environ.clear()
+        os.environ.update(run_env)
+        stop._STATE.update(requested=False, signal=None)
+        os.chdir(REPO)  # as run_nash's subprocess: relative paths (ds_configs/, nash_ds/demo/) from the repository
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse
+                code = e.code
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
+        stop._STATE.clear()
+        stop._STATE.update(saved_stop)
+        torch.set_num_threads(threads)
+        saved_logger.handlers[:] = saved_log[0]
+        saved_logger.setLevel(saved_log[1])
+        saved_logger.propagate = saved_log[2]
+    r = subprocess.CompletedProcess(["run.py", *argv], code, out.getvalue(), err.getvalue())
+    if check and r.returncode != 0:
+        raise AssertionError(f"run.py {' '.join(argv)} (in process) exited {r.returncode}\n--- stdout\n"
+                             f"{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-6000:]}")
     return r
 
 

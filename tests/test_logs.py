@@ -47,6 +47,9 @@ def test_demo_pipeline_log_file_has_plain_progress_lines_and_no_huge_line(tmp_pa
     longest = max(lines, key=len)
     assert len(longest) <= MAX_LINE, f"{len(longest)} characters: {longest[:300]}..."
     assert "\r" not in text  # no progress-bar redraws
+    # no Python warning (e.g. torch's all_gather_into_tensor deprecation via DeepSpeed, float() of a grad tensor)
+    warned = [line for line in lines if re.search(r"\b[A-Z]\w*Warning: ", line)]
+    assert not warned, "\n".join(warned[:10])
     assert not [line for line in lines if re.search(r"\d+%\|", line)], "a progress bar was drawn"
 
     plain = [PLAIN.match(line) for line in lines]

@@ -16,6 +16,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from nash_ds.errors import UserError
+
 from .bart import BartFamily
 from .base import STACKS, Family, count_params, kept_decoder_layers, select_decoder_layers, validate_kept_layers
 from .mbart import MBartFamily
@@ -57,7 +59,7 @@ def family_for(config_or_model: Any) -> Family:
         config = config_or_model.config if isinstance(config_or_model, nn.Module) else config_or_model
         model_type = getattr(config, "model_type", None)
     if model_type not in _BY_TYPE:
-        raise ValueError(f"unsupported model_type {model_type!r}; supported: {supported_model_types()}")
+        raise UserError(f"unsupported model_type {model_type!r}; supported: {supported_model_types()}")
     return _BY_TYPE[model_type]
 
 
@@ -86,14 +88,14 @@ def load_full_state(model: nn.Module, state: dict[str, torch.Tensor], *, what: s
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise ValueError(f"{what} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise UserError(f"{what} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     tie_as_in_state(model, state)
 
 
 def preset_config(name: str, **special: int | None) -> Any:
     """The config of ``preset:<name>``; ``special``: vocab_size and special token ids (None = the family's)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)} (use 'preset:<name>')")
+        raise UserError(f"unknown preset {name!r}; presets: {sorted(PRESETS)} (use 'preset:<name>')")
     return _PRESET_FAMILY[name].preset_config(name, special=special)
 
 
@@ -119,8 +121,8 @@ def config_of(name: str) -> Any:
     try:
         return load_config(name)
     except ValueError as e:
-        raise ValueError(f"{name!r} is not a named shape ({', '.join(sorted(SHAPES))}), a preset "
-                         f"({', '.join(sorted(PRESETS))}) or a readable HF config: {e}") from e
+        raise UserError(f"{name!r} is not a named shape ({', '.join(sorted(SHAPES))}), a preset "
+                        f"({', '.join(sorted(PRESETS))}) or a readable HF config: {e}") from e
 
 
 def _looks_local(path: str) -> bool:
@@ -161,8 +163,8 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
 
     config = load_config(name_or_path)
     if vocab_size is not None and vocab_size > config.vocab_size:
-        raise ValueError(f"tokenizer vocab_size={vocab_size} exceeds the model's {config.vocab_size} "
-                         f"embedding rows ({name_or_path})")
+        raise UserError(f"tokenizer vocab_size={vocab_size} exceeds the model's {config.vocab_size} "
+                        f"embedding rows ({name_or_path})")
     for key, value in special.items():
         if key != "vocab_size" and value is not None:
             setattr(config, key, value)
@@ -173,10 +175,10 @@ def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id
         model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs)
     except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:  # weights missing, bad or mismatched
         if "mismatch" in str(e):
-            raise ValueError(f"the weights of {name_or_path!r} do not match its config.json (tensor shapes differ; "
-                             "transformers' load report above lists them): export the model again") from e
-        raise ValueError(f"could not load the weights of {name_or_path!r} ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]}); re-export or re-download the model") from e
+            raise UserError(f"the weights of {name_or_path!r} do not match its config.json (tensor shapes differ; "
+                            "transformers' load report above lists them): export the model again") from e
+        raise UserError(f"could not load the weights of {name_or_path!r} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:300]}); re-export or re-download the model") from e
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():
@@ -197,25 +199,25 @@ def check_weight_files(name_or_path: str) -> None:
         try:
             files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e}") from e
+            raise UserError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e}") from e
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     elif (path / "pytorch_model.bin").is_file():
         return  # transformers reads it with weights_only=True
     else:
-        raise ValueError(f"model directory {path} holds no weights (model.safetensors, model.safetensors.index.json "
-                         "or pytorch_model.bin); export it again (save_pretrained) or point at another model")
+        raise UserError(f"model directory {path} holds no weights (model.safetensors, model.safetensors.index.json "
+                        "or pytorch_model.bin); export it again (save_pretrained) or point at another model")
     from safetensors import safe_open
 
     for f in files:
         if not f.is_file():
-            raise ValueError(f"model directory {path}: weight file {f.name} named by {index.name} is missing")
+            raise UserError(f"model directory {path}: weight file {f.name} named by {index.name} is missing")
         try:
             with safe_open(str(f), "pt"):
                 pass
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"model weights {f} are unreadable ({e}): the file is truncated or not safetensors; "
-                             "export or download the model again") from e
+            raise UserError(f"model weights {f} are unreadable ({e}): the file is truncated or not safetensors; "
+                            "export or download the model again") from e
 
 
 def load_config(name_or_path: str) -> Any:
@@ -225,19 +227,19 @@ def load_config(name_or_path: str) -> Any:
 
     if _looks_local(name_or_path) and not os.path.isfile(os.path.join(os.path.expanduser(name_or_path),
                                                                       "config.json")):
-        raise ValueError(f"model path {name_or_path!r} looks local but has no config.json "
-                         f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
-                         f"with one of {sorted(PRESETS)})")
+        raise UserError(f"model path {name_or_path!r} looks local but has no config.json "
+                        f"(expected a Hugging Face model directory, a hub name, or 'preset:<name>' "
+                        f"with one of {sorted(PRESETS)})")
     register_export_classes()
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(name_or_path), trust_remote_code=False)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON ({e}); export the model "
-                         "again") from e
+        raise UserError(f"{os.path.join(name_or_path, 'config.json')} is not valid JSON ({e}); export the model "
+                        "again") from e
     except OSError as e:
         if _looks_local(name_or_path):  # config.json is there (checked above) but unreadable
-            raise ValueError(f"{os.path.join(name_or_path, 'config.json')} is not a readable model config "
-                             f"({' '.join(str(e).split())[:200]}); export the model again") from e
-        raise ValueError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
-                         f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
+            raise UserError(f"{os.path.join(name_or_path, 'config.json')} is not a readable model config "
+                            f"({' '.join(str(e).split())[:200]}); export the model again") from e
+        raise UserError(f"could not load the config of {name_or_path!r}: a hub name needs the network or a "
+                        f"filled HF cache (HF_HOME), a local path needs config.json: {e}") from e
     return family_for(config).export_config(config)  # rejects unsupported families before any weight is read

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nash_ds.errors import UserError
+
 from .base import Family, Selector, check_kind, check_stack, check_unmasked, config_kwargs, head_rows, heads_of
 from .base import distinct_modules as _distinct
 from .base import index_of, validate_kept_layers
@@ -221,8 +223,8 @@ class BartFamily(Family):
         """Also: one head count for both stacks (the pruned head size is d_model // heads)."""
         super().check_prunable(config)
         if config.encoder_attention_heads != config.decoder_attention_heads:
-            raise ValueError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
-                             f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
+            raise UserError("pruning BART needs encoder_attention_heads == decoder_attention_heads, got "
+                            f"{config.encoder_attention_heads} and {config.decoder_attention_heads}")
 
     def padded_plan(self, config: Any, plan) -> Any:
         """Stock BART derives head_dim = d_model // heads: with any head dropped every attention keeps all its

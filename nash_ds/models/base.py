@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nash_ds.errors import UserError
+
 STACKS: tuple[str, ...] = ("encoder", "decoder")
 ATTN_KINDS: tuple[str, ...] = ("self", "cross")
 SELECTION_RULES: tuple[str, ...] = ("uniform", "low", "high")
@@ -48,13 +50,13 @@ def validate_kept_layers(kept: Sequence[int], *, num_layers: int) -> list[int]:
     """Check an explicit list of kept layer indices: sorted, unique, in [0, num_layers), non-empty."""
     kept = list(kept)
     if not kept:
-        raise ValueError(f"kept decoder layers must be a non-empty list of indices in [0, {num_layers})")
+        raise UserError(f"kept decoder layers must be a non-empty list of indices in [0, {num_layers})")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
-        raise ValueError(f"kept decoder layers must be ints, got {kept!r}")
+        raise UserError(f"kept decoder layers must be ints, got {kept!r}")
     if kept != sorted(set(kept)):
-        raise ValueError(f"kept decoder layers must be sorted and unique, got {kept}")
+        raise UserError(f"kept decoder layers must be sorted and unique, got {kept}")
     if kept[0] < 0 or kept[-1] >= num_layers:
-        raise ValueError(f"kept decoder layers must lie in [0, {num_layers}), got {kept}")
+        raise UserError(f"kept decoder layers must lie in [0, {num_layers}), got {kept}")
     return kept
 
 
@@ -65,7 +67,7 @@ def select_decoder_layers(num_layers: int, k: int, rule: str | Sequence[int]) ->
     (first k), "high" (last k), or an explicit sorted list of k unique indices.
     """
     if not isinstance(k, int) or not 1 <= k <= num_layers:
-        raise ValueError(f"k (decoder layers to keep) must be an int in [1, L={num_layers}], got k={k!r}")
+        raise UserError(f"k (decoder layers to keep) must be an int in [1, L={num_layers}], got k={k!r}")
     if isinstance(rule, str):
         if rule == "uniform":
             if k == 1:
@@ -76,11 +78,11 @@ def select_decoder_layers(num_layers: int, k: int, rule: str | Sequence[int]) ->
             return list(range(k))
         if rule == "high":
             return list(range(num_layers - k, num_layers))
-        raise ValueError(f"unknown layer selection rule {rule!r}; expected one of {SELECTION_RULES} "
-                         f"or an explicit list of ints")
+        raise UserError(f"unknown layer selection rule {rule!r}; expected one of {SELECTION_RULES} "
+                        f"or an explicit list of ints")
     kept = validate_kept_layers(rule, num_layers=num_layers)
     if len(kept) != k:
-        raise ValueError(f"explicit decoder layer list {kept} has {len(kept)} entries but k={k}")
+        raise UserError(f"explicit decoder layer list {kept} has {len(kept)} entries but k={k}")
     return kept
 
 
@@ -349,11 +351,11 @@ class Family:
         """Raise ValueError if ``config`` describes a model this family cannot prune physically
         (called before any training, so a run that could not finalize never starts)."""
         if self.is_export(config):
-            raise ValueError(f"cannot prune a pruned {self.name} export with per-layer widths "
-                             f"({type(config).__name__}) again")
+            raise UserError(f"cannot prune a pruned {self.name} export with per-layer widths "
+                            f"({type(config).__name__}) again")
         if config.model_type not in self.model_types:
-            raise ValueError(f"cannot prune model_type {config.model_type!r}; the {self.name} family prunes "
-                             f"{list(self.model_types)}")
+            raise UserError(f"cannot prune model_type {config.model_type!r}; the {self.name} family prunes "
+                            f"{list(self.model_types)}")
 
     def pruned_config(self, config: Any, plan: Any) -> Any:
         """Config of the pruned model: the stock class's with new sizes when they fit, else the family's

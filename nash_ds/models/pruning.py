@@ -19,6 +19,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 
+from nash_ds.errors import UserError
 from nash_ds.models import family_for
 from nash_ds.models.base import Index, count_params
 from nash_ds.plan import PruningPlan
@@ -39,13 +40,13 @@ def validate_plan(config, plan: PruningPlan) -> None:
     }
     for name, (per_layer, num_layers, size) in groups.items():
         if len(per_layer) != num_layers:
-            raise ValueError(f"plan.{name} has {len(per_layer)} layers, the model has {num_layers}")
+            raise UserError(f"plan.{name} has {len(per_layer)} layers, the model has {num_layers}")
         for i, kept in enumerate(per_layer):
             _check_indices(f"plan.{name}[{i}]", kept, size)
     if plan.hidden is not None:
         _check_indices("plan.hidden", plan.hidden, family.d_model(config))
         if not plan.hidden:
-            raise ValueError("plan.hidden is empty; use None to keep every hidden dim")
+            raise UserError("plan.hidden is empty; use None to keep every hidden dim")
 
 
 def pruned_config(config, plan: PruningPlan) -> PretrainedConfig:
@@ -247,11 +248,11 @@ def is_remote(model_or_config) -> bool:
 
 def _check_indices(name: str, kept: list[int], size: int) -> None:
     if any(not isinstance(k, int) or isinstance(k, bool) for k in kept):
-        raise ValueError(f"{name} must hold ints, got {kept}")
+        raise UserError(f"{name} must hold ints, got {kept}")
     if list(kept) != sorted(set(kept)):
-        raise ValueError(f"{name} must be strictly increasing, got {kept}")
+        raise UserError(f"{name} must be strictly increasing, got {kept}")
     if kept and (kept[0] < 0 or kept[-1] >= size):
-        raise ValueError(f"{name} holds indices outside [0, {size}): {kept}")
+        raise UserError(f"{name} holds indices outside [0, {size}): {kept}")
 
 
 def _whole(index: Index, tensor: torch.Tensor, dim: int) -> bool:

@@ -1,26 +1,30 @@
-"""Set-up shared by the stages: output directories, tokenizer, data."""
+"""Set-up shared by the stages: output directories, tokenizer, data, and the one set-up of the training stages."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nash_ds import dist
 from nash_ds.config import RunConfig, dump_yaml
+from nash_ds.errors import UserError
 
 
 def stage_dir(cfg: RunConfig, name: str) -> Path:
     return Path(cfg.output_dir) / name
 
 
-def check_not_finished(cfg: RunConfig, out: Path, *, marker: str = "model") -> None:
-    """Refuse a finished stage output unless overwrite=true (``open_stage_dir`` removes it then, once every input
-    was found good: a bad input never costs the previous result)."""
+def check_not_finished(cfg: RunConfig, out: Path, *, marker: str = "model", what: str = "run") -> None:
+    """Refuse a finished stage output (``what``: run, evaluation) unless overwrite=true (``open_stage_dir``
+    removes it then, once every input was found good: a bad input never costs the previous result)."""
     if (out / marker).exists() and not cfg.overwrite:
-        raise ValueError(f"{out} already holds a finished run ({out / marker} exists); pass overwrite=true "
-                         "to replace it, or choose another output_dir")
+        raise UserError(f"{out} already holds a finished {what} ({out / marker} exists); pass overwrite=true "
+                        "to replace it, or choose another output_dir")
 
 
 def check_output_dir(cfg: RunConfig, out: Path) -> None:
@@ -28,18 +32,18 @@ def check_output_dir(cfg: RunConfig, out: Path) -> None:
     nothing is left behind by the check."""
     for path in (Path(cfg.output_dir), out):
         if path.exists() and not path.is_dir():
-            raise ValueError(f"output_dir={cfg.output_dir}: {path} is a file, not a directory; choose another "
-                             "output_dir")
+            raise UserError(f"output_dir={cfg.output_dir}: {path} is a file, not a directory; choose another "
+                            "output_dir")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"output_dir={cfg.output_dir} cannot be created: {existing} is a file, not a directory")
+        raise UserError(f"output_dir={cfg.output_dir} cannot be created: {existing} is a file, not a directory")
     try:  # os.access says yes to root on read-only and virtual file systems; creating something tells
         os.rmdir(tempfile.mkdtemp(prefix=".nash-write-check-", dir=existing))
     except OSError as e:
-        raise ValueError(f"output_dir={cfg.output_dir} is not writable: cannot create anything in {existing} "
-                         f"({e.strerror or e}); choose another output_dir") from e
+        raise UserError(f"output_dir={cfg.output_dir} is not writable: cannot create anything in {existing} "
+                        f"({e.strerror or e}); choose another output_dir") from e
 
 
 def check_stage_start(cfg: RunConfig, out: Path) -> None:
@@ -67,8 +71,43 @@ def check_before_training(cfg: RunConfig, out: Path, *, num_train: int, method: 
     if tag is None:
         return
     if info.get("method", "finetune") != method:
-        raise ValueError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
-                         "another output_dir, or train.resume=false with overwrite=true to start again")
+        raise UserError(f"{ckpt_dir / tag} was written by method {info.get('method')!r}, not {method!r}; use "
+                        "another output_dir, or train.resume=false with overwrite=true to start again")
+
+
+@dataclass
+class TrainingInputs:
+    """What ``set_up_training`` checked and built for a training stage."""
+
+    ds: dict
+    """The DeepSpeed config, resolved for this run and world size."""
+    tokenizer: Any
+    data: dict
+    """Split name -> tokenized data set ("train" and ``data.eval_split``)."""
+
+
+def set_up_training(cfg: RunConfig, out: Path, *, method: str, models: dict[str, str], tokenizer_source: str,
+                    check_models: Callable[[], None] | None = None) -> TrainingInputs:
+    """The checks and builds finetune and prune share, in one order, before any model is loaded or anything
+    written: the stage may start (not finished, output writable, metric known); the DeepSpeed config resolved for
+    this world (batch numbers agree, a precision this device runs); each of ``models`` ({config key: source})
+    readable; ``check_models`` (the stage's own checks of those configs, before the tokenizer, which may come from
+    one of them); the tokenizer; the data sets; one global batch and a resumable checkpoint of ``method``."""
+    from nash_ds.data import build_datasets
+
+    check_stage_start(cfg, out)
+    t = cfg.train
+    ds = dist.resolve_ds_config(dist.load_ds_config(t.ds_config), micro_batch_size=t.micro_batch_size,
+                                grad_accum=t.grad_accum, grad_clip=t.grad_clip, num_ranks=dist.world_size(),
+                                where=f"train.ds_config {t.ds_config}")
+    for key, source in models.items():  # before the tokenizer: a missing model is named as the model
+        check_model_source(key, source)
+    if check_models is not None:
+        check_models()
+    tokenizer = load_tokenizer(tokenizer_source)
+    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
+    check_before_training(cfg, out, num_train=len(data["train"]), method=method)
+    return TrainingInputs(ds=ds, tokenizer=tokenizer, data=data)
 
 
 def check_model_source(key: str, name_or_path: str) -> None:
@@ -78,8 +117,8 @@ def check_model_source(key: str, name_or_path: str) -> None:
 
     if name_or_path.startswith("preset:"):
         if name_or_path[len("preset:"):] not in PRESETS:
-            raise ValueError(f"{key}={name_or_path}: unknown preset; presets: "
-                             f"{', '.join('preset:' + p for p in sorted(PRESETS))}")
+            raise UserError(f"{key}={name_or_path}: unknown preset; presets: "
+                            f"{', '.join('preset:' + p for p in sorted(PRESETS))}")
         return
     try:
         load_config(name_or_path)
@@ -88,7 +127,7 @@ def check_model_source(key: str, name_or_path: str) -> None:
         hint = ""
         if name_or_path.rstrip("/").endswith("finetune/model") and not Path(name_or_path).exists():
             hint = " (run 'run.py finetune' with the same output_dir first)"
-        raise ValueError(f"{key}={name_or_path}{hint}: {e}") from e
+        raise UserError(f"{key}={name_or_path}{hint}: {e}") from e
 
 
 def open_stage_dir(cfg: RunConfig, out: Path, *, marker: str = "model") -> None:
@@ -119,13 +158,13 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
-        raise ValueError(f"tokenizer directory {source} does not exist; set model.tokenizer to a directory with "
-                         "tokenizer files or a hub name")
+        raise UserError(f"tokenizer directory {source} does not exist; set model.tokenizer to a directory with "
+                        "tokenizer files or a hub name")
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load a tokenizer from {source!r} (a hub name or a directory with "
-                         f"tokenizer files; set model.tokenizer): {e}") from e
+        raise UserError(f"could not load a tokenizer from {source!r} (a hub name or a directory with "
+                        f"tokenizer files; set model.tokenizer): {e}") from e
 
 
 def model_kwargs_from_tokenizer(tok) -> dict:

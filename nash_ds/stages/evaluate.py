@@ -23,6 +23,7 @@ import torch
 
 from nash_ds import dist, latency, stop
 from nash_ds.config import RunConfig, to_dict
+from nash_ds.errors import UserError
 from nash_ds.metrics import quality_kept
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ def default_model(cfg: RunConfig) -> Path:
     for stage in ("final", "finalize", "finetune"):
         if (out / stage / "model" / "config.json").is_file():
             return out / stage / "model"
-    raise ValueError(f"evaluate.model is not set and {out} holds no finished model (final/, finalize/ or "
-                     "finetune/ model/); set evaluate.model=<HF directory or hub name>")
+    raise UserError(f"evaluate.model is not set and {out} holds no finished model (final/, finalize/ or "
+                    "finetune/ model/); set evaluate.model=<HF directory or hub name>")
 
 
 def load_for_eval(name_or_path: str | Path):
@@ -265,12 +266,6 @@ def _write(result: dict, cfg: RunConfig, stage_dir: Path) -> None:
         stop.at("evaluate:publish", "evaluate (before publishing the report)")
 
 
-def _check_not_finished(cfg: RunConfig, stage_dir: Path) -> None:
-    if (stage_dir / REPORT).exists() and not cfg.overwrite:
-        raise ValueError(f"{stage_dir} already holds a finished evaluation ({stage_dir / REPORT} exists); pass "
-                         "overwrite=true to replace it, or choose another output_dir")
-
-
 def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | Path | None = None,
             stage_dir: Path) -> str:
     """Evaluate ``models`` side by side into ``stage_dir``; returns the markdown table (every rank).
@@ -292,13 +287,14 @@ def compare(cfg: RunConfig, *, models: dict[str, str | Path], reference: str | P
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    """The ``evaluate`` stage: ``evaluate.model`` (after the dense reference, when there is one)."""
+    """The ``evaluate`` stage: ``evaluate.model`` (after the dense reference, when there is one), through
+    ``compare``; a finished report is refused unless overwrite=true."""
     from nash_ds.stages import common
 
-    _check_not_finished(cfg, stage_dir)
+    common.check_not_finished(cfg, stage_dir, marker=REPORT, what="evaluation")
     common.check_output_dir(cfg, stage_dir)
 
-    def work():
+    def chosen():
         model = Path(cfg.evaluate.model) if cfg.evaluate.model else default_model(cfg)
         reference = cfg.evaluate.reference
         for key, source in (("evaluate.model", cfg.evaluate.model), ("evaluate.reference", reference)):
@@ -307,15 +303,13 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
         dense = Path(cfg.output_dir) / "finetune" / "model"
         if reference is None and (dense / "config.json").is_file() and dense.resolve() != model.resolve():
             reference = dense
-        models = {"reference": reference, "model": model} if reference is not None else {"model": model}
-        result = compare_rows(cfg, models, reference=reference)
-        result["config"] = to_dict(cfg)
-        result["environment"] = _environment()
-        _write(result, cfg, stage_dir)
-        log.info("%s", markdown(result, cfg))
-        return {"stage": "evaluate", "report": str(stage_dir / REPORT), "rows": result["rows"]}
+        return {"reference": reference, "model": model} if reference is not None else {"model": model}
 
-    return dist.on_rank_zero(work)
+    models = dist.on_rank_zero(chosen)
+    table = compare(cfg, models=models, reference=models.get("reference"), stage_dir=stage_dir)
+    log.info("%s", table)
+    rows = dist.on_rank_zero(lambda: json.loads((stage_dir / REPORT).read_text())["rows"])
+    return {"stage": "evaluate", "report": str(stage_dir / REPORT), "rows": rows}
 
 
 def _environment() -> dict:

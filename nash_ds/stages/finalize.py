@@ -33,7 +33,7 @@ import torch
 from nash_ds import checkpoint as ckpt
 from nash_ds import dist, stop
 from nash_ds.config import RunConfig
-from nash_ds.errors import SelfCheckError
+from nash_ds.errors import SelfCheckError, UserError
 from nash_ds.masks import Masking
 from nash_ds.stages import common
 
@@ -59,9 +59,9 @@ def load_prune_checkpoint(path: Path, *, method: str, keep=None) -> tuple[dict, 
     else:  # the newest that can be read (an unreadable newest one is skipped, with a warning)
         tag, info = ckpt.usable_tag(ckpt_dir)
     if info.get("method") != method or meta.get("method") != method:
-        raise ValueError(f"checkpoint {ckpt_dir / tag} was trained with method {info.get('method')!r} but "
-                         f"prune.method is {method!r}; set prune.method={info.get('method')} or point "
-                         "finalize.checkpoint at a checkpoint of this method")
+        raise UserError(f"checkpoint {ckpt_dir / tag} was trained with method {info.get('method')!r} but "
+                        f"prune.method is {method!r}; set prune.method={info.get('method')} or point "
+                        "finalize.checkpoint at a checkpoint of this method")
     best = (info.get("best") or {}).get("tag")
     if best and best != tag and (ckpt_dir / best / ckpt.COMPLETE).is_file():
         try:
@@ -280,8 +280,8 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
     common.check_not_finished(cfg, stage_dir)
     common.check_output_dir(cfg, stage_dir)
     if cfg.finalize.checkpoint is None and not (Path(cfg.output_dir) / "prune" / "checkpoints").exists():
-        raise ValueError(f"{Path(cfg.output_dir) / 'prune' / 'checkpoints'} does not exist: run 'run.py prune' with "
-                         "the same output_dir first, or set finalize.checkpoint=<prune checkpoint directory>")
+        raise UserError(f"{Path(cfg.output_dir) / 'prune' / 'checkpoints'} does not exist: run 'run.py prune' with "
+                        "the same output_dir first, or set finalize.checkpoint=<prune checkpoint directory>")
     report = dist.on_rank_zero(lambda: finalize(cfg, stage_dir=stage_dir))
     s = report["sparsity_vs_teacher"]
     log.info("finalize: %s -> %s; sparsity vs teacher %s; self-check max |dlogit| %.2e", report["export_class"],

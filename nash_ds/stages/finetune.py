@@ -46,7 +46,8 @@ class FinetuneTask:
         d = self.cfg.distill
         kd = kd_loss(out.logits, t_out.logits, batch["labels"], temperature=d.temperature)
         loss = d.ce_weight * out.loss + d.kd_weight * kd
-        return loss, {"loss": float(loss), "ce": float(out.loss), "kd": float(kd)}
+        # logged values are detached: float() of a tensor that needs grad warns (torch 2.13)
+        return loss, {"loss": float(loss.detach()), "ce": float(out.loss.detach()), "kd": float(kd.detach())}
 
     def after_optimizer_step(self, engine) -> None:
         pass
@@ -73,20 +74,15 @@ class FinetuneTask:
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    from nash_ds.data import Seq2SeqCollator, build_datasets
+    from nash_ds.data import Seq2SeqCollator
     from nash_ds.models import load_model
     from nash_ds.trainer import Trainer
 
-    common.check_stage_start(cfg, stage_dir)
-    ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
-                                grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
-                                num_ranks=dist.world_size())
-    common.check_model_source("model.name_or_path", cfg.model.name_or_path)  # before its tokenizer: names the model
-    if cfg.train.distill:
-        common.check_model_source("prune.teacher", cfg.prune.teacher)
-    tokenizer = common.load_tokenizer(common.tokenizer_source(cfg))
-    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
-    common.check_before_training(cfg, stage_dir, num_train=len(data["train"]), method=FinetuneTask.method)
+    models = {"model.name_or_path": cfg.model.name_or_path, **({"prune.teacher": cfg.prune.teacher}
+                                                                if cfg.train.distill else {})}
+    inputs = common.set_up_training(cfg, stage_dir, method=FinetuneTask.method, models=models,
+                                    tokenizer_source=common.tokenizer_source(cfg))
+    ds, tokenizer, data = inputs.ds, inputs.tokenizer, inputs.data
     preset = cfg.model.name_or_path.startswith("preset:")
     with common.partitioned_build(ds, cfg.model.name_or_path):
         model = load_model(cfg.model.name_or_path, seed=cfg.seed,

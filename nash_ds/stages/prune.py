@@ -20,6 +20,7 @@ from nash_ds import checkpoint as ckpt
 from nash_ds import dist
 from nash_ds.config import RunConfig
 from nash_ds.distill import BlockOutputs, identity_linear, kd_loss, masked_mse
+from nash_ds.errors import UserError
 from nash_ds.lagrangian import Lagrangian, target_sparsity
 from nash_ds.masks import Masking
 from nash_ds.models.base import DEFAULT_DECODER_LAYERS
@@ -288,9 +289,9 @@ def _check_student_family(cfg: RunConfig, family) -> None:
         except (OSError, ValueError):
             return  # not resolvable here: the student is built from the teacher anyway
     if model_type in supported_model_types() and family_for(model_type) is not family:
-        raise ValueError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
-                         f"{name} is {model_type}; teacher and student must be the same family (the student is "
-                         "the teacher with its decoder cut)")
+        raise UserError(f"prune.teacher {cfg.prune.teacher} is a {family.name} model but model.name_or_path "
+                        f"{name} is {model_type}; teacher and student must be the same family (the student is "
+                        "the teacher with its decoder cut)")
 
 
 def latency_target(cfg: RunConfig, config, *, num_decoder_layers: int):
@@ -310,8 +311,8 @@ def latency_target(cfg: RunConfig, config, *, num_decoder_layers: int):
             lambda: profile(config, cfg.evaluate, seed=cfg.seed, cache=cache).to_dict()))
     given = len(p.decoder_layers) if isinstance(p.decoder_layers, list) else p.decoder_layers
     if model.num_decoder_layers != num_decoder_layers:
-        raise ValueError(f"prune.latency_profile has {model.num_decoder_layers} decoder layers but the teacher "
-                         f"{num_decoder_layers}; profile the teacher's shape ('run.py profile')")
+        raise UserError(f"prune.latency_profile has {model.num_decoder_layers} decoder layers but the teacher "
+                        f"{num_decoder_layers}; profile the teacher's shape ('run.py profile')")
     if p.target_speedup is None:
         return LatencyTarget(model=model, k=given or DEFAULT_DECODER_LAYERS, target_speedup=None)
     k = model.choose_k(p.target_speedup, max_encoder_sparsity=p.max_encoder_sparsity, k=given)
@@ -337,32 +338,34 @@ def method_label(cfg: RunConfig) -> str:
 
 
 def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
-    from nash_ds.data import Seq2SeqCollator, build_datasets
-    from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model
+    from nash_ds.data import Seq2SeqCollator
+    from nash_ds.models import count_params, family_for, kept_decoder_layers, load_config, load_model, preset_config
     from nash_ds.trainer import Trainer
 
-    common.check_stage_start(cfg, stage_dir)
-    ds = dist.resolve_ds_config(dist.load_ds_config(cfg.train.ds_config), micro_batch_size=cfg.train.micro_batch_size,
-                                grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
-                                num_ranks=dist.world_size())
     teacher_src = cfg.prune.teacher
-    common.check_model_source("prune.teacher", teacher_src)  # a missing or foreign teacher fails here
-    if not teacher_src.startswith("preset:"):
-        teacher_config = load_config(teacher_src)
-        family = family_for(teacher_config)
-        family.check_prunable(teacher_config)
-        kept_decoder_layers(cfg.prune, family.num_layers(teacher_config, "decoder"))
-    tokenizer = common.load_tokenizer(cfg.model.tokenizer or teacher_src)
+    asks_latency = cfg.prune.target_speedup is not None or cfg.prune.latency_profile is not None
+    found: dict = {}
+
+    def check_teacher() -> None:  # before the tokenizer (it comes from the teacher) and before any weight is read
+        config = (preset_config(teacher_src[len("preset:"):]) if teacher_src.startswith("preset:")
+                  else load_config(teacher_src))
+        family = family_for(config)
+        family.check_prunable(config)
+        _check_student_family(cfg, family)
+        num_layers = family.num_layers(config, "decoder")
+        # without a latency target the kept layers are known now; with one, k comes from the latency model below
+        found.update(family=family, num_decoder_layers=num_layers,
+                     kept=None if asks_latency else kept_decoder_layers(cfg.prune, num_layers))
+
+    inputs = common.set_up_training(cfg, stage_dir, method=cfg.prune.method, models={"prune.teacher": teacher_src},
+                                    tokenizer_source=cfg.model.tokenizer or teacher_src, check_models=check_teacher)
+    ds, tokenizer, data = inputs.ds, inputs.tokenizer, inputs.data
+    family, num_decoder_layers, kept = found["family"], found["num_decoder_layers"], found["kept"]
     with common.partitioned_build(ds, teacher_src):  # ZeRO-3: no rank holds the whole teacher or student
         teacher = load_model(teacher_src)
-    family = family_for(teacher.config)
-    family.check_prunable(teacher.config)
-    _check_student_family(cfg, family)
-    data = build_datasets(cfg.data, tokenizer, splits=("train", cfg.data.eval_split), seed=cfg.seed)
-    common.check_before_training(cfg, stage_dir, num_train=len(data["train"]), method=cfg.prune.method)
-    num_decoder_layers = family.num_layers(teacher.config, "decoder")
     latency = latency_target(cfg, teacher.config, num_decoder_layers=num_decoder_layers)
-    kept = kept_decoder_layers(cfg.prune, num_decoder_layers, k=None if latency is None else latency.k)
+    if kept is None:
+        kept = kept_decoder_layers(cfg.prune, num_decoder_layers, k=latency.k)
     student = build_student(cfg, teacher, family, ds, kept)
     log.info("prune: student keeps teacher decoder layers %s, %s", kept,
              "built partitioned (ZeRO-3)" if dist.is_partitioned(student) else "copied from the teacher")
