@@ -280,7 +280,7 @@ def _to_text(ds: datasets.Dataset, spec: TaskSpec) -> datasets.Dataset:
         for i, refs in enumerate(references):
             if not refs:
                 raise UserError(f"task {spec.name}: row {i} of a batch has an empty list in column "
-                                 f"{spec.target_column!r}; give at least one reference")
+                                f"{spec.target_column!r}; give at least one reference")
         return {
             "source": [spec.prefix + str(s) for s in sources],
             "target": [refs[0] for refs in references],
