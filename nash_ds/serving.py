@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nash_ds.errors import UserError
+
 FORMATS = ("ctranslate2",)
 """export.format values."""
 QUANTIZATIONS = ("none", "int8", "int8_float32", "float16", "bfloat16", "int8_float16")
@@ -29,7 +31,7 @@ def check_convertible(model_dir: str | Path, *, key: str = "export.model") -> An
     family = family_for(config)
     if family.is_export(config):
         heads = {k: v for k, v in config.to_dict().items() if k.startswith("nash_") and "heads" in k}
-        raise ValueError(f"{key}={model_dir} has per-layer widths ({type(config).__name__}; heads per layer "
+        raise UserError(f"{key}={model_dir} has per-layer widths ({type(config).__name__}; heads per layer "
                          f"{ {k: [len(h) if isinstance(h, list) else h for h in v] for k, v in heads.items()} }); "
                          "CTranslate2 holds one head count per stack: prune with prune.uniform_widths=true for a "
                          "stock-shaped export")

@@ -132,7 +132,7 @@ ZERO2 = {"zero_optimization": {"stage": 2}}
 
 CASES = [
     # command line
-    Case("no_stage", [], ["a stage is required first: one of estimate, evaluate, finalize"], output=False),
+    Case("no_stage", [], ["a stage is required first: one of estimate, evaluate, export, finalize"], output=False),
     Case("unknown_stage", ["train"], ["invalid choice: 'train'"], output=False),
     Case("unknown_option", ["finetune", "--lr", "1e-4"], ["unrecognized arguments: --lr"], output=False),
     Case("config_without_file", ["finetune", "--config"], ["--config: expected one argument"], output=False),

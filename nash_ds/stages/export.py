@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nash_ds import dist
 from nash_ds.config import RunConfig
+from nash_ds.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def source_model(cfg: RunConfig) -> Path:
         return Path(cfg.export.model)
     newest = common.newest_model(cfg)
     if newest is None:
-        raise ValueError(f"export.model is not set and {cfg.output_dir} holds no finished model (final/, finalize/ "
+        raise UserError(f"export.model is not set and {cfg.output_dir} holds no finished model (final/, finalize/ "
                          "or finetune/ model/); set export.model=<HF directory>")
     return newest
 
@@ -57,7 +58,7 @@ def run(cfg: RunConfig, *, stage_dir: Path) -> dict:
 
     out = stage_dir / cfg.export.format
     if out.exists() and not cfg.overwrite:
-        raise ValueError(f"{out} already holds a finished export; pass overwrite=true to replace it, or choose "
+        raise UserError(f"{out} already holds a finished export; pass overwrite=true to replace it, or choose "
                          "another output_dir")
     common.check_output_dir(cfg, stage_dir)
     model = source_model(cfg)
