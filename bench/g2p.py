@@ -16,7 +16,8 @@ seeds, CoFi matching, the interleaved evaluation, the table and the plot); this 
    NASH k = 1, 2, 3 of 6 at encoder sparsity 0.3 and k = 2 at 0.5, NASH ``target_speedup`` 2x, SFT
    (cross-entropy only) k = 1, 2, 3, SFT+KD k = 2, CoFi at the sparsity matched to NASH k=2's measured speedup,
    and the frontier at one speed: NASH k=2 with the encoder barely pruned (0.1) vs k=3 given k=2's predicted
-   speed (``prune.target_speedup``, the encoder pruned as hard as that needs, or as far as 0.8 allows); NASH k=2, SFT k=2 and CoFi matched with 3 seeds, the others with one;
+   speed (``prune.target_speedup``, the encoder pruned as hard as that needs, or as far as 0.8 allows);
+   NASH k=2, SFT k=2 and CoFi matched with 3 seeds, the others with one;
 4. one evaluation in this process: every final model and the teacher on the test split (WER / PER with and
    without stress), parameters and generation latency timed interleaved (each ratio from one run), the table
    as mean ± std over seeds, ``<out>/g2p.{json,md}`` and the plot ``docs/g2p_quality_vs_speedup.png``.
