@@ -353,20 +353,6 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw(entries: list[dict], path: Path, args) -> Path | None:
-    from nash_ds.plot import plot_points
-
-    points = [{"method": "dense" if e["recipe"] == "teacher" else e["method"], "label": e["recipe"],
-               "speedup": e["speedup"], "quality_kept": e["kept"], "speedup_std": e["speedup_std"],
-               "quality_kept_std": e["kept_std"], "metric": "word accuracy"} for e in entries if e["kept"] is not None]
-    if len(points) < 2:
-        print("[g2p] no plot: the teacher got every word wrong, so quality kept is undefined", flush=True)
-        return None
-    return plot_points(points, path, title="CMUdict G2P: word accuracy kept (no stress) vs measured speedup\n"
-                       f"(CPU fp32, batch 1, {args.latency_source_length} letters in, {args.latency_new_tokens} "
-                       "phones out; error bars: std over seeds)")
-
-
 def evaluate(args, teacher: Path, runs: dict[str, dict[int, str]], paths: dict[str, Path], common: list[str],
              corpus: Path, extra: dict) -> dict:
     import torch
@@ -391,7 +377,10 @@ def evaluate(args, teacher: Path, runs: dict[str, dict[int, str]], paths: dict[s
     md = table(entries)
     (out / "g2p.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "g2p.md").write_text(md)
-    plot = draw(entries, Path(args.plot), args)
+    plot = realtext.draw(entries, Path(args.plot), "CMUdict G2P: word accuracy kept (no stress) vs measured speedup\n"
+                         f"(CPU fp32, batch 1, {args.latency_source_length} letters in, {args.latency_new_tokens} "
+                         "phones out; error bars: std over seeds)", metric="word accuracy",
+                         no_plot="[g2p] no plot: the teacher got every word wrong, so quality kept is undefined")
     print("\n" + md + f"\n[g2p] evaluation {seconds:.0f} s; wrote {out / 'g2p.md'}, {plot}", flush=True)
     return result
 

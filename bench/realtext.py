@@ -323,15 +323,17 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw(entries: list[dict], path: Path, title: str) -> Path | None:
-    """Quality kept vs measured speedup, one point per recipe, error bars = std over seeds."""
+def draw(entries: list[dict], path: Path, title: str, *, metric: str = "rougeL",
+         no_plot: str = "[realtext] no plot: the teacher scored 0, so quality kept is undefined") -> Path | None:
+    """Quality kept (of ``metric``) vs measured speedup, one point per recipe, error bars = std over seeds; without
+    a defined quality kept, ``no_plot`` is printed instead."""
     from nash_ds.plot import plot_points
 
     points = [{"method": "dense" if e["recipe"] == "teacher" else e["method"], "label": e["recipe"],
                "speedup": e["speedup"], "quality_kept": e["kept"], "speedup_std": e["speedup_std"],
-               "quality_kept_std": e["kept_std"], "metric": "rougeL"} for e in entries if e["kept"] is not None]
+               "quality_kept_std": e["kept_std"], "metric": metric} for e in entries if e["kept"] is not None]
     if len(points) < 2:
-        print("[realtext] no plot: the teacher scored 0, so quality kept is undefined", flush=True)
+        print(no_plot, flush=True)
         return None
     return plot_points(points, path, title=title)
 
