@@ -277,17 +277,22 @@ def test_readme_prune_command(readme_prune):
     assert len(meta["kept_decoder_layers"]) == 3 and meta["target_sparsity"] == 0.5
 
 
+def _readme_demo_pipeline(readme_command: str, tmp_path):
+    """A README ``deepspeed --num_gpus 2 run.py pipeline ...`` line on 2 ranks as written, then short steps."""
+    short = [f"output_dir={tmp_path}", "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=8",
+             "pipeline.final_max_steps=2", "prune.sparsity_warmup_steps=3", "data.max_train_samples=64",
+             "data.max_eval_samples=8", "generation.max_new_tokens=4", "evaluate.repeats=2", "evaluate.warmup=1"]
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
+           *_after_run_py(readme_command), *short]
+    return _run(cmd, timeout=900)
+
+
 @pytest.mark.slow
 def test_readme_target_speedup_command(tmp_path):
     """README's ``deepspeed --num_gpus 2 run.py pipeline prune.target_speedup=2.0`` on the demo's 8+8-layer T5, as
     written, then short steps: the latency model is measured on rank 0, k chosen for 2x, and the closing table
     shows predicted and measured speedups (whether 2x is met needs the full run: README, "Prune to a speed")."""
-    short = [f"output_dir={tmp_path}", "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=8",
-             "pipeline.final_max_steps=2", "prune.sparsity_warmup_steps=3", "data.max_train_samples=64",
-             "data.max_eval_samples=8", "generation.max_new_tokens=4", "evaluate.repeats=2", "evaluate.warmup=1"]
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
-           *_after_run_py(README_SPEED), *short]
-    r = _run(cmd, timeout=900)
+    r = _readme_demo_pipeline(README_SPEED, tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "prune: target speedup 2.00x: k=" in r.stderr
     report = json.loads((tmp_path / "finalize" / "pruning_report.json").read_text())
@@ -307,12 +312,7 @@ def test_readme_serving_commands(tmp_path):
 
     from nash_ds import serving
 
-    short = [f"output_dir={tmp_path}", "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=8",
-             "pipeline.final_max_steps=2", "prune.sparsity_warmup_steps=3", "data.max_train_samples=64",
-             "data.max_eval_samples=8", "generation.max_new_tokens=4", "evaluate.repeats=2", "evaluate.warmup=1"]
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
-           *_after_run_py(README_UNIFORM), *short]
-    r = _run(cmd, timeout=900)
+    r = _readme_demo_pipeline(README_UNIFORM, tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     model_dir = tmp_path / "final" / "model"
     assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
