@@ -77,10 +77,9 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
     torch.manual_seed(seed)
     student = AutoModelForSeq2SeqLM.from_config(student_config)  # = make_student's structure, random weights
     masking = Masking.build(family, student.config, method="nash", droprate_init=0.5, teacher_config=teacher_config)
-    masks = masking.maskset
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in masks.parameters():  # spread: about a third of the encoder's units dropped
+        for p in masking.parameters():  # spread: about a third of the encoder's units dropped
             p.copy_(torch.randn(p.shape, generator=g) * 2.0 - 0.5)
     masking.attach(student)
     cfg = RunConfig()
@@ -88,7 +87,7 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
     groups = model_param_groups(student, lr=1e-6, weight_decay=0.01)
     groups.append({"params": list(module.enc_proj.parameters()) + list(module.dec_proj.parameters()),
                    "lr": 1e-6, "weight_decay": 0.0, "name": "distill_proj"})
-    groups.append({"params": list(masks.parameters()), "lr": 0.01, "weight_decay": 0.0, "betas": (0.0, 0.999),
+    groups.append({"params": masking.parameters(), "lr": 0.01, "weight_decay": 0.0, "betas": (0.0, 0.999),
                    "name": "masks"})
     groups.append({"params": list(module.lagrangian.parameters()), "lr": 0.01, "weight_decay": 0.0,
                    "betas": (0.0, 0.999), "name": "lambdas"})

@@ -33,8 +33,10 @@ the trained weights unchanged, and the expected size at these masks is exactly t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -498,13 +500,37 @@ STUDENT_PREFIX = "student."
 """Where the prune stage's wrapper module keeps the student (its state-dict prefix)."""
 MASKS_PREFIX = "masks."
 """Where it keeps the MaskSet."""
+MASKS_FILE = "masks.safetensors"
+"""The mask tensors in the prune stage's export (``prune/model/``), as ``split_state`` returns them."""
+
+
+@dataclasses.dataclass
+class MaskLogs:
+    """What a logging step records of the masks (``Masking.step_logs``)."""
+
+    scalars: dict[str, float]
+    """``MaskSet.summary`` with the deterministic sparsity of the fp32 masters."""
+    deterministic: dict[str, torch.Tensor]
+    """The deterministic masks of the fp32 masters (what finalize would build now)."""
+    alive: dict[str, torch.Tensor]
+    """The alive probabilities 1 - P(z = 0), detached."""
+
+    def kept_units(self) -> dict[str, float]:
+        """``kept/<mask>/layer_<i>``: the units each layer keeps, for the per-layer masks."""
+        out = {}
+        for name, z in self.deterministic.items():
+            if z.ndim == 2:  # [layers, units]
+                for i, kept in enumerate(z.sum(dim=1).tolist()):
+                    out[f"kept/{name}/layer_{i}"] = kept
+        return out
 
 
 class Masking:
     """The mask lifecycle of one pruning run: one method per step, each called from one place.
 
     1. ``attach(model)``: hooks that apply the masks to a stock model (the prune stage, once; the
-       finalizer, on the rebuilt student);
+       finalizer, on the rebuilt student); ``register(module, student)``: the prune stage's wrapper holds
+       the student and the MaskSet under the names whose state-dict prefixes step 3 reads;
     2. ``after_optimizer_step()``: log_alpha clamped to CoFi's [log 1e-2, log 1e2] on the optimizer's
        fp32 masters and the model's copy (the trainer, after every optimizer step; collective);
     3. ``split_state(state)``: a consolidated checkpoint of the prune module -> (student tensors, mask
@@ -512,9 +538,12 @@ class Masking:
     4. ``finalize(student, kept)``: the deterministic masks -> the pruning plan, the student left as the
        masked model (hooks on, gates deterministic) that the physically pruned one must match.
 
-    Without a MaskSet (``sft``: the decoder cut alone) every step is a no-op and the plan keeps
-    every unit. torchtitan's ``ModelConverter`` (convert / post-optimizer hook / state-dict filter) has
-    the same shape.
+    Besides the steps, what the stages record of the masks comes from here, so that no stage reads the
+    MaskSet itself: ``sample()`` and ``sample_logs`` (each training forward), ``step_logs()`` (logging
+    steps), ``eval_logs()`` (evaluations), ``report()`` and ``figures()`` (the finalizer's report and
+    pictures). Without a MaskSet (``sft``: the decoder cut alone) every step is a no-op, there is nothing
+    to log and the plan keeps every unit. torchtitan's ``ModelConverter`` (convert / post-optimizer hook /
+    state-dict filter) has the same shape.
     """
 
     def __init__(self, family: Family, config: Any, maskset: MaskSet | None):
@@ -537,10 +566,77 @@ class Masking:
                 maskset.load_state_dict(mask_state)
         return cls(family, config, maskset)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this run learns masks (nash, cofi; sft has none)."""
+        return self.maskset is not None
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every log_alpha (the optimizer's "masks" group); [] without masks."""
+        return [] if self.maskset is None else list(self.maskset.parameters())
+
     # 1
     def attach(self, model: nn.Module) -> MaskHandle | None:
         """Install the hooks (None without masks)."""
         return None if self.maskset is None else attach(model, self.family, self.maskset)
+
+    def register(self, module: nn.Module, student: nn.Module) -> None:
+        """Make ``student`` and the MaskSet submodules of the prune stage's wrapper ``module`` under the names of
+        ``STUDENT_PREFIX`` and ``MASKS_PREFIX`` (the checkpoint keys ``split_state`` and ``wanted`` read), in
+        that order; without masks only the student."""
+        module.add_module(STUDENT_PREFIX.removesuffix("."), student)
+        if self.maskset is not None:
+            module.add_module(MASKS_PREFIX.removesuffix("."), self.maskset)
+
+    def sample(self) -> dict[str, Any] | None:
+        """This training step's masks for the hooks, with the expected sparsity and the alive probabilities
+        (``MaskSet.forward``: called as a module, so that ZeRO-3 gathers log_alpha); None without masks."""
+        return None if self.maskset is None else self.maskset()
+
+    @staticmethod
+    def sample_logs(sampled: dict[str, Any]) -> dict[str, float]:
+        """The training-step logs of ``sample()``'s result: ``expected_sparsity/<part>``."""
+        return {f"expected_sparsity/{k}": float(v.detach()) if torch.is_tensor(v) else float(v)
+                for k, v in sampled["expected_sparsity"].items()}
+
+    def step_logs(self) -> MaskLogs | None:
+        """What a logging step records of the masks (collective under ZeRO; None without masks): the MaskSet's
+        summary, its deterministic sparsity recomputed from the fp32 masters (what finalize would build now)."""
+        if self.maskset is None:
+            return None
+        from nash_ds import dist
+
+        det = self.maskset.deterministic_masks(self.master_log_alphas())
+        with dist.gathered(list(self.maskset.parameters())):
+            scalars = self.maskset.summary()
+            alive = self.maskset.alive_probabilities()
+        det_sparsity = self.maskset.expected_sparsity(det)
+        scalars.update({f"deterministic_sparsity/{k}": float(v) for k, v in det_sparsity.items()})
+        return MaskLogs(scalars=scalars, deterministic=det, alive=alive)
+
+    def eval_logs(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """(``sparsity/<part>`` at the deterministic masks of the fp32 masters, those masks): what an evaluation
+        records (collective); ({}, {}) without masks."""
+        if self.maskset is None:
+            return {}, {}
+        with self.evaluation() as masks:
+            det = self.maskset.expected_sparsity(masks)
+        return {f"sparsity/{k}": float(v) for k, v in det.items()}, masks
+
+    def report(self) -> dict[str, Any]:
+        """The finalizer's report entries of the masks: ``mask_expected_prunable_params`` (the prunable params
+        at the deterministic masks, which the pruned model must hold); {} without masks."""
+        if self.maskset is None:
+            return {}
+        return {"mask_expected_prunable_params": {k: int(round(float(v)))
+                                                  for k, v in self.maskset.deterministic_params().items()}}
+
+    def figures(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """(alive probabilities, deterministic masks): what the mask figures draw (``plot.save_mask_figures``);
+        None without masks."""
+        if self.maskset is None:
+            return None
+        return self.maskset.alive_probabilities(), self.maskset.deterministic_masks()
 
     # 2
     def after_optimizer_step(self) -> None:
@@ -583,6 +679,14 @@ class Masking:
             return {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
 
         return pop(STUDENT_PREFIX), pop(MASKS_PREFIX)
+
+    @staticmethod
+    def save_masks(mask_state: dict[str, torch.Tensor], directory: Path) -> None:
+        """Write ``split_state``'s mask tensors to ``directory / MASKS_FILE`` (nothing when there are none)."""
+        if mask_state:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in mask_state.items()}, str(Path(directory) / MASKS_FILE))
 
     @staticmethod
     def wanted(name: str) -> bool:

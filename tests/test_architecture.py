@@ -126,3 +126,47 @@ def test_the_checker_sees_function_level_and_relative_imports():
     graph = _graph()
     assert "nash_ds.models.pruning" in graph["nash_ds.stages.finalize"]  # imported inside a function
     assert "nash_ds.models.base" in graph["nash_ds.models.t5"]  # relative import
+
+
+MASK_INTERNALS = {"maskset", "masks", "gates", "log_alpha"}
+"""Attributes of ``masks.Masking`` / ``MaskSet`` / the prune module that only nash_ds/masks.py may reach."""
+
+
+def _mask_internals(source: str, where: str) -> list[str]:
+    """Places in ``source`` that reach past ``masks.Masking``: an attribute of ``MASK_INTERNALS``, a string that
+    starts with a state-dict prefix of the prune module (``masks.STUDENT_PREFIX``, ``MASKS_PREFIX``), or an import
+    from nash_ds.masks of anything but ``Masking``."""
+    from nash_ds.masks import MASKS_PREFIX, STUDENT_PREFIX
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in MASK_INTERNALS:
+            out.append(f"{where}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(
+                (STUDENT_PREFIX, MASKS_PREFIX)):
+            out.append(f"{where}:{node.lineno} {node.value!r}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "nash_ds.masks":
+            out += [f"{where}:{node.lineno} import {a.name}" for a in node.names if a.name != "Masking"]
+    return out
+
+
+def test_stages_reach_the_masks_only_through_masking():
+    """The prune stage and the finalizer get logs, report entries, parameters and checkpoint prefixes from
+    ``masks.Masking``; a stage that reads the MaskSet or names a mask key prefix again fails here."""
+    offenders = []
+    for path in sorted((PACKAGE / "stages").rglob("*.py")):
+        offenders += _mask_internals(path.read_text(), str(path.relative_to(PACKAGE.parent)))
+    assert not offenders, offenders
+
+
+def test_the_mask_checker_sees_what_it_forbids():
+    snippet = ("from nash_ds.masks import Masking, MaskSet\n"
+               "a = engine.module.masks\n"
+               "b = masking.maskset.summary()\n"
+               "c = m.gates['encoder_heads'].log_alpha\n"
+               "d = [k for k in state if k.startswith('masks.')]\n"
+               "e = 'student.shared.weight'\n"
+               "f = masking.step_logs()\n")
+    found = sorted(_mask_internals(snippet, "x"))
+    assert found == ["x:1 import MaskSet", "x:2 .masks", "x:3 .maskset", "x:4 .gates", "x:4 .log_alpha",
+                     "x:5 'masks.'", "x:6 'student.shared.weight'"], found

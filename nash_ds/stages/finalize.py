@@ -179,10 +179,11 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
             report["self_check"]["reloaded"] = check_export(tmp / "model", reference, batches, dtype=export_dtype,
                                                             atol=cfg.finalize.atol)
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
-            if masking.maskset is not None:  # the masks as pictures beside the report (masks_<name>.png)
+            figures = masking.figures()
+            if figures is not None:  # the masks as pictures beside the report (masks_<name>.png)
                 from nash_ds.plot import save_mask_figures
 
-                save_mask_figures(masking.maskset.alive_probabilities(), masking.maskset.deterministic_masks(), tmp)
+                save_mask_figures(*figures, tmp)
             stop.at("finalize:publish", "finalize (before publishing the export)")  # the temp dir is removed
     return report
 
@@ -260,9 +261,7 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
         "export_class": type(pruned).__name__,
         "export_shape": export_shape(student_config, plan),
     }
-    if masking.maskset is not None:
-        report["mask_expected_prunable_params"] = {k: int(round(float(v)))
-                                                   for k, v in masking.maskset.deterministic_params().items()}
+    report.update(masking.report())
     if meta["latency"] is not None:  # the run's latency model: what it predicts for this plan
         from nash_ds.latency_model import LatencyModel
 

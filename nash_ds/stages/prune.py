@@ -37,7 +37,7 @@ def _num(x) -> float:
 class PruneModule(nn.Module):
     """Student + masks + Lagrangian + distillation projections; forward returns (loss, logs).
 
-    The attribute names ``student`` and ``masks`` are the prefixes ``Masking.split_state`` reads.
+    ``Masking.register`` names the student and the masks (the checkpoint's key prefixes are its own).
     """
 
     def __init__(self, student, *, family, masking: Masking, cfg: RunConfig, kept_decoder_layers: list[int],
@@ -46,9 +46,9 @@ class PruneModule(nn.Module):
         latency at 1/X of the dense model's instead of the encoder's parameter sparsity at its target."""
         super().__init__()
         self.latency = latency
-        self.student = student
-        self.masks = masking.maskset
-        self.lagrangian = Lagrangian() if self.masks is not None else None
+        self.masking = masking
+        masking.register(self, student)  # self.student, and the MaskSet
+        self.lagrangian = Lagrangian() if masking.enabled else None
         d = family.d_model(student.config)
         self.enc_proj = identity_linear(d)
         self.dec_proj = identity_linear(d)
@@ -62,8 +62,8 @@ class PruneModule(nn.Module):
     def forward(self, batch: dict, teacher: dict | None = None, step: int = 0):
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=batch["input_ids"].device)
-        if self.masks is not None:
-            stats = self.masks()  # samples the gates the hooks apply; ZeRO-3 gathers log_alpha here
+        if self.masking.enabled:
+            stats = self.masking.sample()  # samples the gates the hooks apply; ZeRO-3 gathers log_alpha here
             expected = stats["expected_sparsity"]
             warmup = self.cfg.prune.sparsity_warmup_steps
             if self.latency is not None and self.latency.target_speedup is not None:
@@ -79,7 +79,7 @@ class PruneModule(nn.Module):
                 logs["target_sparsity"] = target
             loss = loss + penalty
             logs["lagrangian"] = _num(penalty)
-            logs.update({f"expected_sparsity/{k}": _num(v) for k, v in expected.items()})
+            logs.update(self.masking.sample_logs(stats))
         out = self.student(**batch)
         d = self.cfg.distill
         if teacher is None or (d.kd_weight == 0 and d.hidden_weight == 0):
@@ -128,10 +128,10 @@ class PruneTask:
         groups = model_param_groups(m.student, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
         groups.append({"params": list(m.enc_proj.parameters()) + list(m.dec_proj.parameters()),
                        "lr": self.cfg.train.lr, "weight_decay": 0.0, "name": "distill_proj", "schedule": "model"})
-        if m.masks is not None:
+        if self.masking.enabled:
             # no momentum (beta1 = 0) for masks and lambdas: momentum delays the Lagrangian's feedback and
             # makes the sparsity overshoot and oscillate around its target
-            groups.append({"params": list(m.masks.parameters()), "lr": p.mask_lr, "weight_decay": 0.0,
+            groups.append({"params": self.masking.parameters(), "lr": p.mask_lr, "weight_decay": 0.0,
                            "betas": (0.0, 0.999), "name": "masks", "schedule": "constant"})
             groups.append({"params": list(m.lagrangian.parameters()), "lr": p.lambda_lr, "weight_decay": 0.0,
                            "betas": (0.0, 0.999), "name": "lambdas", "schedule": "constant"})
@@ -160,11 +160,9 @@ class PruneTask:
         return self.masking.evaluation()  # the deterministic masks of the fp32 masters, as finalize builds them
 
     def eval_extras(self, engine) -> dict:
-        if self.masking.maskset is None:
+        if not self.masking.enabled:
             return {}
-        with self.masking.evaluation() as masks:
-            det = self.masking.maskset.expected_sparsity(masks)
-        extras = {f"sparsity/{k}": float(v) for k, v in det.items()}
+        extras, masks = self.masking.eval_logs()
         if self.module.latency is not None:
             extras["predicted_speedup"] = self.module.latency.predicted_speedup(masks["encoder_heads"],
                                                                                 masks["encoder_ffn"])
@@ -174,7 +172,7 @@ class PruneTask:
         """Only checkpoints whose deterministic masks reached the target can be best: the sparsity within 0.02,
         or with target_speedup a predicted speedup from 2% below to 5% above the target (an overshoot during the
         warm-up is faster than asked, and usually worse)."""
-        if self.module.masks is None:
+        if not self.masking.enabled:
             return True
         latency = self.module.latency
         if latency is not None and latency.target_speedup is not None:
@@ -184,21 +182,14 @@ class PruneTask:
         return metrics.get(key, 0.0) >= self.cfg.prune.target_sparsity - 0.02
 
     def step_logs(self, engine, step) -> dict:
-        masks = engine.module.masks
+        masks = self.masking.step_logs()  # collective
         if masks is None:
             return {}
-        det = masks.deterministic_masks(self.masking.master_log_alphas())  # what finalize would build now
-        with dist.gathered(list(masks.parameters())):
-            summary = masks.summary()
-            alive = masks.alive_probabilities()
-        summary.update({f"deterministic_sparsity/{k}": float(v) for k, v in masks.expected_sparsity(det).items()})
+        summary, det, alive = masks.scalars, masks.deterministic, masks.alive
         if self.module.latency is not None:
             summary["predicted_speedup"] = self.module.latency.predicted_speedup(det["encoder_heads"],
                                                                                  det["encoder_ffn"])
-        for name, z in det.items():
-            if z.ndim == 2:  # [layers, units]: units kept per layer
-                for i, kept in enumerate(z.sum(dim=1).tolist()):
-                    summary[f"kept/{name}/layer_{i}"] = kept
+        summary.update(masks.kept_units())
         if dist.is_rank_zero() and mask_figures_due(step, self._figures_at, self.cfg.train):
             from nash_ds.plot import mask_images
 
@@ -211,16 +202,13 @@ class PruneTask:
         """prune/model: the student (decoder cut, unpruned), its masks, and the run's metadata."""
         import json
 
-        from safetensors.torch import save_file
-
         from nash_ds.export import atomic_dir, export_model
 
         student_state, mask_state = Masking.split_state(dict(state))
         with atomic_dir(out_dir, overwrite=False) as tmp:
             export_model(self.module.student, student_state, tmp / "student", tokenizer=self.tokenizer,
                          dtype="float32")
-            if mask_state:
-                save_file({k: v.contiguous() for k, v in mask_state.items()}, str(tmp / "masks.safetensors"))
+            Masking.save_masks(mask_state, tmp)
             (tmp / ckpt.META_FILE).write_text(json.dumps(self.meta, indent=1))
 
 
