@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from nash_ds.config import DataConfig
 from nash_ds.data import Seq2SeqCollator, build_datasets
-from nash_ds.models import family_for
+from nash_ds.models import random_model
 
 PERCENTILES = (50, 75, 90, 95, 99, 100)
 
@@ -59,19 +59,12 @@ def build_model(args, tok) -> torch.nn.Module:
     """The T5 v1.1 shape of the flags (seeded init, untied head), built as the T5 family builds its models."""
     from transformers import T5Config
 
-    from nash_ds.compat import untie_lm_head
-
     config = T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_model=args.d_model, d_kv=args.d_kv,
                       num_heads=args.heads, d_ff=args.d_ff, num_layers=args.layers,
                       num_decoder_layers=args.decoder_layers, dropout_rate=args.dropout, vocab_size=len(tok),
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       decoder_start_token_id=tok.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = family_for(config).from_config(config)
-        head = model.get_output_embeddings().weight
-        untie_lm_head(model, torch.randn_like(head) * (args.head_std if args.head_std is not None else 1.0))
-    return model
+    return random_model(config, seed=args.seed, head_std=args.head_std if args.head_std is not None else 1.0)
 
 
 def train(args, tok) -> dict:

@@ -43,11 +43,10 @@ tiny ones the presets (vocab 256)."""
 
 
 def dense_model(shape: str, *, seed: int):
-    from nash_ds.models import family_for, named_shape_config, preset_config
+    from nash_ds.models import named_shape_config, preset_config, random_model
 
     config = preset_config(shape, vocab_size=256) if shape.startswith("tiny-") else named_shape_config(shape)
-    torch.manual_seed(seed)
-    return family_for(config).from_config(config).eval()
+    return random_model(config, seed=seed).eval()
 
 
 def encoder_sizes(family, config) -> tuple[int, int, int, int, int]:

@@ -42,6 +42,7 @@ from nash_ds.models import (  # noqa: E402
     family_for,
     named_shape_config,
     preset_config,
+    random_model,
     select_decoder_layers,
 )
 from nash_ds.models.pruning import prune_model  # noqa: E402
@@ -106,8 +107,7 @@ def bench_shape(shape: str, args, batch_size: int) -> list[dict]:
     profile_s = time.perf_counter() - t0
     print(f"[target_speed] {shape} batch {batch_size}: profiled in {profile_s:.0f} s; dense predicted "
           f"{model.dense_ms():.1f} ms", flush=True)
-    torch.manual_seed(args.seed)
-    dense = family.from_config(config).eval()
+    dense = random_model(config, seed=args.seed).eval()
     specs, unreachable = {}, []
     for x in args.targets:
         try:

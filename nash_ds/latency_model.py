@@ -275,16 +275,14 @@ def measure(config: Any, *, device: torch.device, dtype: torch.dtype, batch_size
     """Time probe models of ``config``'s shape (random weights) and fit the latency model."""
     from nash_ds import stop
     from nash_ds.latency import measure_many, prepare_model
-    from nash_ds.models import family_for, select_decoder_layers
+    from nash_ds.models import family_for, random_model, select_decoder_layers
     from nash_ds.models.pruning import prune_model
 
     family = family_for(config)
     family.check_prunable(config)
     L_enc, L_dec = family.num_layers(config, "encoder"), family.num_layers(config, "decoder")
     H, F = family.num_heads(config, "encoder"), family.d_ff(config, "encoder")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        dense = family.from_config(config).eval()
+    dense = random_model(config, seed=seed).eval()
     grid = probe_grid(H, F, L_dec)
     timing = dict(batch_size=batch_size, source_length=source_length, new_tokens=new_tokens, warmup=warmup,
                   repeats=repeats, seed=seed)

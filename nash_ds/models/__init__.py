@@ -1,5 +1,5 @@
 """The family registry: ``family_for`` (dispatch on ``config.model_type`` only), presets, named shapes,
-``load_model``.
+``load_model``, ``random_model``.
 
 A new family is one new module with a ``Family`` subclass, registered in ``FAMILIES`` below.
 """
@@ -25,8 +25,8 @@ from .mt5 import MT5Family
 from .t5 import T5Family
 
 __all__ = ["FAMILIES", "Family", "STACKS", "PRESETS", "check_weight_files", "config_of", "count_params", "family_for",
-           "kept_decoder_layers", "load_model", "named_shape_config", "preset_config", "select_decoder_layers",
-           "validate_kept_layers", "supported_model_types"]
+           "kept_decoder_layers", "load_model", "named_shape_config", "preset_config", "random_model",
+           "select_decoder_layers", "validate_kept_layers", "supported_model_types"]
 
 FAMILIES: tuple[Family, ...] = (T5Family(), MT5Family(), BartFamily(), MBartFamily())
 """Every registered family (the first one that names an export model type owns its exports)."""
@@ -130,18 +130,24 @@ def _looks_local(path: str) -> bool:
     return os.path.exists(path) or path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
 
 
-def _build_preset(name: str, *, special: dict[str, int | None], seed: int) -> nn.Module:
+def random_model(config: Any, *, seed: int = 0, head_std: float | None = None) -> nn.Module:
+    """The model of ``config`` with random weights (``Family.from_config``), seeded by ``seed``; the global RNG is left
+    as it was. ``head_std``: an untied LM head (T5 v1.1, Flan-T5, mT5) gets its own N(0, head_std^2) values instead of a
+    copy of the embedding (distinct values keep it untied through save / load). The one builder of random models:
+    presets, latency probes, tests and bench/."""
     from nash_ds.compat import untie_lm_head
 
-    config = preset_config(name, **special)
     family = family_for(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = family.from_config(config)
-        if family.head_is_untied(config):
-            # its own random values (Flan-T5 style): distinct values keep it untied through save / load
-            untie_lm_head(model, torch.randn_like(model.get_output_embeddings().weight))
+        if head_std is not None and family.head_is_untied(config):
+            untie_lm_head(model, torch.randn_like(model.get_output_embeddings().weight) * head_std)
     return model
+
+
+def _build_preset(name: str, *, special: dict[str, int | None], seed: int) -> nn.Module:
+    return random_model(preset_config(name, **special), seed=seed, head_std=1.0)  # Flan-T5 style: a head of its own
 
 
 def load_model(name_or_path: str, *, vocab_size: int | None = None, pad_token_id: int | None = None,
