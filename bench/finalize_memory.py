@@ -48,13 +48,13 @@ TOKENIZER = REPO / "nash_ds" / "demo" / "tokenizer"
 def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0) -> dict:
     """A NASH prune checkpoint of ``shape`` (random weights) in ``out/checkpoints``, on this rank's share."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from nash_ds import checkpoint as ckpt
     from nash_ds import dist
     from nash_ds.config import RunConfig
     from nash_ds.masks import Masking
-    from nash_ds.models import count_params, family_for, select_decoder_layers
+    from nash_ds.models import count_params, family_for, random_model, select_decoder_layers
     from nash_ds.stages.common import model_kwargs_from_tokenizer
     from nash_ds.stages.prune import PruneModule
     from nash_ds.trainer import model_param_groups
@@ -74,8 +74,7 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
     kept = select_decoder_layers(teacher_config.num_decoder_layers, k, "uniform")
     student_config = copy.deepcopy(teacher_config)
     student_config.num_decoder_layers = k
-    torch.manual_seed(seed)
-    student = AutoModelForSeq2SeqLM.from_config(student_config)  # = make_student's structure, random weights
+    student = random_model(student_config, seed=seed)  # = make_student's structure, random weights
     masking = Masking.build(family, student.config, method="nash", droprate_init=0.5, teacher_config=teacher_config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -129,11 +128,10 @@ def write_checkpoint(out: Path, *, shape: str, k: int, zero: int, seed: int = 0)
 
 
 def _env(threads: int) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(threads))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
+    from nash_ds.testing import offline_env
+
+    return offline_env(drop=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"),
+                       OMP_NUM_THREADS=str(threads))
 
 
 def _run_measured(cmd: list[str], *, cwd: Path, env: dict, log: Path) -> tuple[int, float, float]:
@@ -147,10 +145,12 @@ def _run_measured(cmd: list[str], *, cwd: Path, env: dict, log: Path) -> tuple[i
 
 
 def finalize_cmd(repo: Path, ckpt_dir: Path, out_dir: Path, *, export_dtype: str) -> list[str]:
-    return [sys.executable, str(repo / "run.py"), "finalize", f"finalize.checkpoint={ckpt_dir}",
-            f"output_dir={out_dir}", "prune.method=nash", f"model.tokenizer={TOKENIZER}", "data.max_eval_samples=4",
-            "finalize.check_batches=1", "generation.eval_batch_size=4", f"model.export_dtype={export_dtype}",
-            "overwrite=true"]
+    from nash_ds.testing import launch_command
+
+    return launch_command(repo / "run.py", "finalize", f"finalize.checkpoint={ckpt_dir}", f"output_dir={out_dir}",
+                          "prune.method=nash", f"model.tokenizer={TOKENIZER}", "data.max_eval_samples=4",
+                          "finalize.check_batches=1", "generation.eval_batch_size=4",
+                          f"model.export_dtype={export_dtype}", "overwrite=true")
 
 
 def floor_rss(env: dict, work: Path) -> float:
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(args.write, shape=args.shape, k=args.k, zero=stages[0])
         return 0
 
+    from nash_ds.testing import launch_command
+
     repos = [r.resolve() for r in (args.repo or [REPO])]
     work = args.work or Path(tempfile.mkdtemp(prefix="nash-finalize-mem-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -195,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             if not (ck / "bench.json").is_file():
                 shutil.rmtree(ck, ignore_errors=True)
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, str(Path(__file__).resolve()), "--write", str(ck), "--shape",
-                                args.shape, "--k", str(args.k), "--zero", str(zero)], cwd=REPO, env=env, check=True)
+                subprocess.run(launch_command(Path(__file__).resolve(), "--write", ck, "--shape", args.shape, "--k",
+                                              args.k, "--zero", zero), cwd=REPO, env=env, check=True)
                 print(f"wrote ZeRO-{zero} checkpoint in {time.perf_counter() - t0:.0f} s", flush=True)
             info = json.loads((ck / "bench.json").read_text())
             ckpt_bytes = sum(f.stat().st_size for f in (ck / "checkpoints").rglob("*.pt"))

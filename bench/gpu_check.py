@@ -61,20 +61,16 @@ def settings(args) -> dict:
 def random_model_dir(name: str, out: Path, *, seed: int = 0) -> Path:
     """``name``'s shape (a public shape, or a preset with the demo tokenizer's vocabulary) with random weights
     and the demo tokenizer, saved as an HF directory."""
-    import torch
     from transformers import AutoTokenizer
 
     from nash_ds.demo import DEMO_TOKENIZER
-    from nash_ds.models import family_for, named_shape_config, preset_config
+    from nash_ds.models import named_shape_config, preset_config
     from nash_ds.stages.common import model_kwargs_from_tokenizer
+    from nash_ds.testing import random_model_dir as save_random
 
     tok = AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
     config = named_shape_config(name) or preset_config(name, **model_kwargs_from_tokenizer(tok))
-    torch.manual_seed(seed)
-    model = family_for(config).from_config(config)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_random(config, out, seed=seed, tokenizer=tok)
 
 
 class Check:
@@ -110,6 +106,8 @@ class Check:
 
     def stage(self, name: str, stage: str, overrides: list[str], *, needs: tuple[str, ...] = ()) -> bool:
         """``run.py stage`` in a subprocess (no terminal: plain progress lines); True when it exited 0."""
+        from nash_ds.testing import RUN_PY, offline_env, run_ranks
+
         missing = [n for n in needs if self.parts.get(n, {}).get("status") != "ok"]
         if missing:
             self.parts[name] = {"status": "skipped", "why": f"needs {', '.join(missing)}"}
@@ -118,18 +116,12 @@ class Check:
             return False
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        cmd = [sys.executable, str(REPO / "run.py"), stage, *self.common(), *overrides]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                   PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
         t0 = time.perf_counter()
-        with log.open("w") as f:
-            f.write(" ".join(cmd) + "\n\n")
-            f.flush()
-            try:
-                rc = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.STDOUT, timeout=self.timeout_s(), check=False).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+        try:
+            rc = run_ranks(RUN_PY, stage, *self.common(), *overrides, env=offline_env(), log=log,
+                           stdin=subprocess.DEVNULL, timeout=self.timeout_s()).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
         lines = log.read_text(errors="replace").splitlines()
         progress = [ln for ln in lines if " step " in ln and ln.startswith("[nash-ds]") and "%)" in ln]
         self.parts[name] = {"status": "ok" if rc == 0 else "failed", "exit": rc,

@@ -54,7 +54,6 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nash_ds.dist import free_port  # noqa: E402
+from nash_ds.testing import offline_env, run_ranks  # noqa: E402
 
 GiB = 2**30
 STAGES = ("finetune", "prune", "student")
@@ -219,17 +218,10 @@ def tensor_census(top: int = 12) -> dict:
 
 def build_model_dir(shape: str, out: Path, *, seed: int = 0) -> Path:
     """Random-weight HF directory of a named shape (``nash_ds.models.SHAPES``)."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
     from nash_ds.memory import model_config
+    from nash_ds.testing import random_model_dir
 
-    config = model_config(shape)
-    torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    model.save_pretrained(out)
-    del model
-    return out
+    return random_model_dir(model_config(shape), out, seed=seed)
 
 
 def write_data(out: Path, *, words: int = 400, num: int = 64) -> Path:
@@ -264,28 +256,18 @@ def run_one(stage: str, config: str, ranks: int, *, args, model_dir: Path, data_
                       f"prune.decoder_layers={args.decoder_layers}", "prune.sparsity_warmup_steps=2"]
         if stage == "student":  # the same decoder-cut student, plain cross-entropy: no masks, no teacher forward
             overrides += ["distill.ce_weight=1", "distill.kd_weight=0", "distill.hidden_weight=0"]
-    entry = [str(Path(__file__).resolve()), "--rank", "--", "finetune" if stage == "finetune" else "prune",
-             *overrides]
-    if ranks == 1:
-        cmd = [sys.executable, *entry]
-    else:
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-               str(free_port()), *entry]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(args.threads), NASH_MEM_OUT=str(out), NASH_MEM_STEPS=str(args.steps),
-               NASH_MEM_TRIM="1" if args.trim else "0",
-               **({"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}),
-               **({"NASH_MEM_MALLOPT": str(args.mallopt)} if args.mallopt else {}),
-               PYTHONPATH=str(REPO))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
+    env = offline_env(drop=("RANK", "WORLD_SIZE", "LOCAL_RANK"), OMP_NUM_THREADS=str(args.threads),
+                      NASH_MEM_OUT=str(out), NASH_MEM_STEPS=str(args.steps), NASH_MEM_TRIM="1" if args.trim else "0",
+                      **({"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}),
+                      **({"NASH_MEM_MALLOPT": str(args.mallopt)} if args.mallopt else {}))
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    r = run_ranks(Path(__file__).resolve(), "--rank", "--", "finetune" if stage == "finetune" else "prune",
+                  *overrides, ranks=ranks, env=env)
     wall = time.perf_counter() - t0
     files = sorted(out.glob("rank-*.json"))
     if r.returncode != 0 or len(files) != ranks:
-        raise RuntimeError(f"{stage} {config}:{ranks}: {' '.join(cmd)} exited {r.returncode} with {len(files)} "
+        raise RuntimeError(f"{stage} {config}:{ranks}: {' '.join(r.args)} exited {r.returncode} with {len(files)} "
                            f"rank files\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     per_rank = [json.loads(f.read_text()) for f in files]
     loads = [ld for p in per_rank for ld in p["loads"]]

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nash_ds.dist import free_port  # noqa: E402
+from nash_ds.testing import RUN_PY, offline_env, run_ranks  # noqa: E402
 
 DEFAULT_RECIPES = "nash-k2,nash-k3,sft-k2,sftkd-k2,cofi-0.5,cofi-0.7"
 
@@ -58,20 +57,10 @@ def recipe_overrides(name: str, *, nash_sparsity: float) -> list[str]:
 
 def run_stage(stage: str, overrides: list[str], *, ranks: int, log: Path) -> float:
     """``run.py stage overrides`` (1 process, or ``deepspeed --num_gpus ranks``); output to ``log``."""
-    if ranks == 1:
-        cmd = [sys.executable, str(REPO / "run.py"), stage, *overrides]
-    else:
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-               str(free_port()), str(REPO / "run.py"), stage, *overrides]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(REPO))
-    log.parent.mkdir(parents=True, exist_ok=True)
+    env = offline_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     print(f"[quality] {stage} {' '.join(overrides)}\n[quality]   log: {log}", flush=True)
     t0 = time.perf_counter()
-    with log.open("w") as f:
-        f.write(" ".join(cmd) + "\n\n")
-        f.flush()
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    rc = run_ranks(RUN_PY, stage, *overrides, ranks=ranks, env=env, log=log).returncode
     seconds = time.perf_counter() - t0
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])

@@ -103,11 +103,9 @@ def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0, shap
     """A random-init T5 v1.1 directory (the teacher's starting point; ``shape`` defaults to ``teacher_shape``),
     LM head at std d_model**-0.5 (the preset init's std 1.0 starts the loss at ~50 and costs hundreds of steps
     to unlearn)."""
-    import torch
     from transformers import AutoTokenizer, T5Config
 
-    from nash_ds.compat import untie_lm_head
-    from nash_ds.models import family_for
+    from nash_ds.testing import random_model_dir
 
     path = out / "init"
     if (path / "config.json").is_file():
@@ -118,14 +116,7 @@ def init_teacher(out: Path, tokenizer: Path, *, smoke: bool, seed: int = 0, shap
                       dropout_rate=dropout_rate,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       decoder_start_token_id=tok.pad_token_id, **shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = family_for(config).from_config(config)
-        head = model.get_output_embeddings().weight
-        untie_lm_head(model, torch.randn_like(head) * shape["d_model"] ** -0.5)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return random_model_dir(config, path, seed=seed, tokenizer=tok, head_std=shape["d_model"] ** -0.5)
 
 
 def common_overrides(args, corpus: Path, tokenizer: Path) -> list[str]:

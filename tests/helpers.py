@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from nash_ds.dist import free_port  # noqa: F401 - the one free-port helper, re-exported for the tests
-
-REPO = Path(__file__).resolve().parent.parent
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+from nash_ds.testing import DEEPSPEED, LAUNCHER_ENV, REPO, RUN_PY, offline_env, run_ranks  # noqa: F401 - re-exported
 
 TINY = "model.name_or_path=preset:tiny-t5"
 """The 4+4-layer tiny T5 (the demo's default is the 8+8 demo-t5): put it first, so later overrides win."""
@@ -24,13 +21,8 @@ FAST = ["data.max_train_samples=256", "data.max_eval_samples=16", "train.log_eve
 
 
 def env(**extra) -> dict:
-    e = dict(os.environ)
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-             NASH_DIST_TIMEOUT_S="300", PYTHONPATH=str(REPO))
-    e.pop("RANK", None)
-    e.pop("WORLD_SIZE", None)
-    e.update(extra)
-    return e
+    """The tests' subprocess environment: ``offline_env`` with one thread and a 300 s collective timeout."""
+    return offline_env(drop=("RANK", "WORLD_SIZE"), OMP_NUM_THREADS="1", NASH_DIST_TIMEOUT_S="300", **extra)
 
 
 def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, timeout: int = 600,
@@ -40,20 +32,11 @@ def run_nash(stage: str, *overrides: str, ranks: int = 1, check: bool = True, ti
     fresh ``python run.py``."""
     if ranks == 1 and not subprocess_ and os.environ.get("NASH_TEST_SUBPROCESS") != "1":
         return run_in_process(stage, *overrides, check=check, extra_env=extra_env)
-    if ranks == 1:
-        cmd = [sys.executable, str(REPO / "run.py"), stage, *overrides]
-    else:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-               str(REPO / "run.py"), stage, *overrides]
-    r = subprocess.run(cmd, cwd=REPO, env=env(**(extra_env or {})), capture_output=True, text=True,
-                       timeout=timeout)
+    r = run_ranks(RUN_PY, stage, *overrides, ranks=ranks, env=env(**(extra_env or {})), timeout=timeout)
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n"
+        raise AssertionError(f"{' '.join(r.args)} exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n"
                              f"--- stderr\n{r.stderr[-6000:]}")
     return r
-
-
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def run_in_process(stage: str, *overrides: str, check: bool = True,

@@ -110,6 +110,12 @@ def test_no_stage_imports_another_stage_and_nothing_below_imports_a_stage():
         assert not stages, f"{name} imports the stage(s) {sorted(stages)}"
 
 
+def test_the_library_never_imports_the_test_and_bench_helpers():
+    """nash_ds/testing.py (run.py on N ranks, random model directories) serves tests/ and bench/ only."""
+    graph = _graph()
+    assert not [name for name, edges in graph.items() if "nash_ds.testing" in edges]
+
+
 def test_family_names_appear_only_in_the_family_files():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DEEPSPEED, REPO, env, free_port
+from tests.helpers import REPO, env, free_port, run_ranks
 from tests.slurm_helpers import Job, job_env, slurm_or_skip, wait_done
 
 STAGES = ("finetune", "prune", "finalize", "evaluate", "pipeline", "estimate", "profile", "export")
@@ -164,10 +164,6 @@ def _after_run_py(command: str) -> list[str]:
     return words[words.index("run.py") + 1:]
 
 
-def _run(cmd: list[str], *, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
@@ -261,9 +257,8 @@ def teacher_dir(tmp_path_factory):
 def readme_prune(tmp_path_factory, teacher_dir):
     """README's prune command through the DeepSpeed launcher, as written then ``TINY`` (2 ranks, not 8)."""
     out = tmp_path_factory.mktemp("readme_prune") / "run"
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
-           *_after_run_py(README_PRUNE), *TINY, f"prune.teacher={teacher_dir}", f"output_dir={out}"]
-    return out, _run(cmd, timeout=900)
+    return out, run_ranks("run.py", *_after_run_py(README_PRUNE), *TINY, f"prune.teacher={teacher_dir}",
+                          f"output_dir={out}", ranks=2, env=env(), timeout=900)
 
 
 @pytest.mark.slow
@@ -282,9 +277,7 @@ def _readme_demo_pipeline(readme_command: str, tmp_path):
     short = [f"output_dir={tmp_path}", "train.max_steps=6", "train.eval_every=0", "train.micro_batch_size=8",
              "pipeline.final_max_steps=2", "prune.sparsity_warmup_steps=3", "data.max_train_samples=64",
              "data.max_eval_samples=8", "generation.max_new_tokens=4", "evaluate.repeats=2", "evaluate.warmup=1"]
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py",
-           *_after_run_py(readme_command), *short]
-    return _run(cmd, timeout=900)
+    return run_ranks("run.py", *_after_run_py(readme_command), *short, ranks=2, env=env(), timeout=900)
 
 
 @pytest.mark.slow
@@ -317,7 +310,7 @@ def test_readme_serving_commands(tmp_path):
     model_dir = tmp_path / "final" / "model"
     assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
     assert json.loads((tmp_path / "finalize" / "pruning_report.json").read_text())["export_shape"]["shape"] == "stock"
-    r = _run([sys.executable, "run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path}"], timeout=300)
+    r = run_ranks("run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path}", env=env(), timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()  # stock: no trust_remote_code
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -331,8 +324,8 @@ def test_readme_serving_commands(tmp_path):
     # int8 keeps the task metric within 1 point (the shortened run's model; the full demo: docs/BENCHMARKS.md)
     from nash_ds.metrics import compute_metrics
 
-    r = _run([sys.executable, "run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path / 'int8'}",
-              f"export.model={model_dir}", "export.quantization=int8"], timeout=300)
+    r = run_ranks("run.py", *_after_run_py(README_EXPORT), f"output_dir={tmp_path / 'int8'}",
+                  f"export.model={model_dir}", "export.quantization=int8", env=env(), timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     int8 = serving.generate_ids(serving.translator(tmp_path / "int8" / "export" / "ctranslate2", compute_type="int8"),
                                 tok, serving.unpadded(batch.input_ids, batch.attention_mask), max_new_tokens=16)
@@ -349,9 +342,9 @@ def test_config_finalize_command(readme_prune, teacher_dir):
     on the README prune run's checkpoints; the export is float32 as TINY says."""
     out, r = readme_prune
     assert r.returncode == 0, r.stderr[-4000:]
-    cmd = [sys.executable, "run.py", *_after_run_py("python run.py finalize --config configs/t5_xl_samsum.yaml"),
-           *TINY, f"output_dir={out}", "prune.decoder_layers=3", f"model.tokenizer={teacher_dir}"]
-    r = _run(cmd)
+    r = run_ranks("run.py", *_after_run_py("python run.py finalize --config configs/t5_xl_samsum.yaml"), *TINY,
+                  f"output_dir={out}", "prune.decoder_layers=3", f"model.tokenizer={teacher_dir}", env=env(),
+                  timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads((out / "finalize" / "pruning_report.json").read_text())
     assert report["self_check"]["reloaded"]["dtype"] == "float32"
@@ -364,7 +357,7 @@ def test_torchrun_template(tmp_path):
     and after --config."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "run.py", "finetune", "train.max_steps=1", "--config", "configs/demo.yaml", *TINY, f"output_dir={tmp_path}"]
-    r = _run(cmd)
+    r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-4000:]
     assert (tmp_path / "finetune" / "model" / "config.json").is_file()
 

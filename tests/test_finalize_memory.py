@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from nash_ds.masks import MaskSet
 from nash_ds.models import family_for
 from nash_ds.models.pruning import prune_model
 from tests.conftest import tiny_batch, tiny_model
-from tests.helpers import DEEPSPEED, REPO, env, free_port, run_nash
+from tests.helpers import REPO, env, run_nash, run_ranks
 
 
 def _random_masks(family, student, teacher, method: str, seed: int) -> MaskSet:
@@ -56,12 +54,8 @@ def test_consuming_prune_equals_copying_prune_and_empties_the_source(preset, met
 
 def _write(out, *, zero: int, ranks: int) -> None:
     """A tiny NASH prune checkpoint written by bench/finalize_memory.py through DeepSpeed on ``ranks`` ranks."""
-    script = [str(REPO / "bench" / "finalize_memory.py"), "--write", str(out), "--shape", "tiny", "--zero", str(zero)]
-    if ranks == 1:
-        cmd = [sys.executable, *script]
-    else:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), *script]
-    r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    r = run_ranks(REPO / "bench" / "finalize_memory.py", "--write", out, "--shape", "tiny", "--zero", zero,
+                  ranks=ranks, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import DEEPSPEED, REPO, env, free_port
+from tests.helpers import env, run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,9 @@ def test_demo_pipeline_log_file_has_plain_progress_lines_and_no_huge_line(tmp_pa
     log_file = tmp_path / "log"
     e = env()
     e.pop("OMP_NUM_THREADS")  # as a user runs it: nash-ds picks the threads per rank
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "run.py", "pipeline",
-           "--config", str(config)]
-    with log_file.open("w") as f:  # stdout and stderr into one file: no terminal anywhere
-        r = subprocess.run(cmd, cwd=REPO, env=e, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                           timeout=900, check=False)
+    # stdout and stderr into one file (nothing before them): no terminal anywhere
+    r = run_ranks("run.py", "pipeline", "--config", str(config), ranks=2, env=e, log=log_file, header=False,
+                  stdin=subprocess.DEVNULL, timeout=900)
     text = log_file.read_text(errors="replace")
     assert r.returncode == 0, text[-6000:]
     lines = text.splitlines()
