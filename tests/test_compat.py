@@ -261,6 +261,42 @@ def _resolve(path: str) -> dict:
                                   num_ranks=1, where=f"train.ds_config {path}")
 
 
+@pytest.mark.parametrize("fp16_here", [True, False], ids=["cpu_with_fp16", "cpu_without_fp16"])
+def test_every_ds_config_gets_the_same_answer_on_any_cpu(monkeypatch, tmp_path, fp16_here):
+    """On CPU the config check takes every fp32 ds_config and refuses every bf16 / fp16 one, whatever DeepSpeed's CPU
+    accelerator answers: fp16 only where oneDNN has AVX-512 FP16 / AMX, bf16 everywhere (DeepSpeed 0.19.8, pinned
+    here). The AVX2-only answer (no fp16) is simulated; a CI machine without AVX-512 decides alike."""
+    import json
+
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    from nash_ds.errors import UserError
+
+    assert "_is_mkldnn_fp16_supported" in inspect.getsource(CPU_Accelerator.is_fp16_supported)
+    assert inspect.getsource(CPU_Accelerator.is_bf16_supported).strip().endswith("return True")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: fp16_here)
+    fp16 = tmp_path / "zero2_fp16.json"
+    fp16.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2_fp32.json").read_text()),
+                                "fp16": {"enabled": True}}))
+    paths = [*(f"ds_configs/{p.name}" for p in sorted((REPO / "ds_configs").glob("*.json"))), str(fp16)]
+    answers = {}
+    for path in paths:
+        try:
+            answers[path] = _resolve(path)["train_batch_size"]
+        except UserError as e:
+            answers[path] = str(e)
+    refusal = "enables {} but no GPU is present; on CPU use an fp32 config such as ds_configs/zero2_fp32.json"
+    for path, answer in answers.items():
+        low = "bf16" if "bf16" in path else "fp16" if "fp16" in path else None
+        if low is None:
+            assert answer == 2, (path, answer)
+        else:
+            assert isinstance(answer, str) and answer.endswith(refusal.format(low)), (path, answer)
+    assert len(answers) == 10 and sum(isinstance(a, str) for a in answers.values()) == 7, answers
+
+
 def test_a_precision_the_device_cannot_run_is_refused_at_config_time_naming_the_file(monkeypatch):
     from nash_ds.errors import UserError
 
