@@ -217,7 +217,8 @@ def tensor_census(top: int = 12) -> dict:
 
 
 def build_model_dir(shape: str, out: Path, *, seed: int = 0) -> Path:
-    """Random-weight HF directory of a named shape (``nash_ds.models.SHAPES``)."""
+    """Random-weight HF directory of a named shape (``nash_ds.models.SHAPES``), built as the estimator's model is
+    (``models.random_model``: an untied LM head, T5 v1.1 / Flan-T5, is a tensor of its own)."""
     from nash_ds.memory import model_config
     from nash_ds.testing import random_model_dir
 
