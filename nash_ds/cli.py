@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
 def exit_process(code: int) -> None:
     """End the process with ``code`` without the interpreter's teardown (``run.py``'s exit).
 
-    Objects a library keeps alive past ``destroy_process_group`` (DeepSpeed 0.19.8 keeps a ZeRO-3 engine, and with
-    it gloo work holding tensors) are otherwise destroyed while the interpreter is being torn down, and a gloo
-    thread can then abort the rank with SIGABRT ("terminate called without an active exception"; see
-    pytorch/pytorch#179291) after the stage finished and wrote its outputs: the launcher reports the job failed.
+    Objects still alive after ``destroy_process_group`` (after a 2-rank ZeRO-3 prune one DeepSpeed 0.19.8 engine
+    survives ``gc.collect()``; what holds it was not found) are otherwise destroyed while the interpreter is being
+    torn down, and a gloo thread can then abort the rank with SIGABRT ("terminate called without an active
+    exception"; see pytorch/pytorch#179291) after the stage finished and wrote its outputs: the launcher reports
+    the job failed.
     Python's exit handlers (logging, TensorBoard, temp files) still run first, and the streams are flushed."""
     import atexit
 

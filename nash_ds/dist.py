@@ -99,8 +99,8 @@ def shutdown(*, wait_for_others: bool = True) -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         import gc
 
-        # The stage's engines are only reachable through reference cycles (their hooks on the modules): free them
-        # now, so the process groups they hold die with destroy_process_group below, not in interpreter teardown.
+        # Engines left only in reference cycles (their hooks on the modules) are freed now, so the process groups
+        # they hold die with destroy_process_group below, not in interpreter teardown (cli.exit_process covers the rest).
         gc.collect()
         try:
             if wait_for_others:
