@@ -16,9 +16,7 @@
     sbatch -N 2 --gpus-per-node 8 launch/nash.sbatch prune --config configs/t5_large_samsum.yaml
 """
 
-import sys
-
-from nash_ds.cli import main
+from nash_ds.cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -97,6 +97,11 @@ def shutdown(*, wait_for_others: bool = True) -> None:
     running at exit can abort a rank ("terminate called without an active exception"). After an
     error that other ranks may not share, skip the final barrier (it could pair with another collective)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        import gc
+
+        # Engines left only in reference cycles (their hooks on the modules) are freed now, so the process groups
+        # they hold die with destroy_process_group below, not in interpreter teardown (cli.exit_process covers the rest).
+        gc.collect()
         try:
             if wait_for_others:
                 barrier()

@@ -50,3 +50,45 @@ def test_an_internal_error_on_another_rank_reports_late_with_its_traceback(monke
     err = capsys.readouterr().err
     assert "Traceback" in err and err.endswith("nash-ds: internal error in prune (please report): RuntimeError: "
                                                "boom [rank 1]\n")
+
+
+def test_the_exit_code_survives_an_abort_in_interpreter_teardown(tmp_path):
+    """run.py ends through ``cli.exit_process``: an object a library leaves for interpreter teardown that aborts the
+    process there (gloo work outliving ``destroy_process_group``: SIGABRT, "terminate called without an active
+    exception") must not turn a finished stage into a failed job. Python's exit handlers still run."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    script = f"""
+import atexit, os, sys
+sys.path.insert(0, {str(REPO)!r})
+from nash_ds.cli import exit_process
+
+class AbortsInTeardown:
+    def __del__(self):
+        os.abort()
+
+LEFT_FOR_TEARDOWN = AbortsInTeardown()
+atexit.register(lambda: open({str(tmp_path / "atexit-ran")!r}, "w").close())
+print("stage output", flush=True)
+if sys.argv[1] == "exit_process":
+    exit_process(3)
+sys.exit(3)
+"""
+    plain = subprocess.run([sys.executable, "-c", script, "sys.exit"], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert plain.returncode != 3  # the failure this guards against: teardown aborts (-6) a finished process
+    (tmp_path / "atexit-ran").unlink()
+    r = subprocess.run([sys.executable, "-c", script, "exit_process"], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "stage output\n"
+    assert (tmp_path / "atexit-ran").is_file()
+
+
+def test_run_py_ends_through_exit_process():
+    from tests.helpers import REPO
+
+    assert "exit_process(main())" in (REPO / "run.py").read_text()
