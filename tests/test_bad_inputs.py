@@ -190,6 +190,7 @@ CASES = [
     Case("kd_weight_negative", ["prune", "distill.kd_weight=-1"], ["distill.kd_weight must be >= 0"]),
     Case("temperature_zero", ["prune", "distill.temperature=0"], ["distill.temperature must be > 0"]),
     Case("atol_negative", ["finalize", "finalize.atol=-1e-4"], ["finalize.atol must be >= 0"]),
+    Case("rtol_negative", ["finalize", "finalize.rtol=-1e-4"], ["finalize.rtol must be >= 0"]),
     Case("check_batches_zero", ["finalize", "finalize.check_batches=0"],
          ["finalize.check_batches must be >= 1", "cannot be skipped"]),
     Case("export_dtype_unknown", ["finalize", "model.export_dtype=int8"],

@@ -60,7 +60,7 @@ def test_uniform_export_is_the_stock_class_and_equals_the_masked_model(tmp_path,
         return
     assert not is_remote(pruned) and type(pruned) is type(teacher)
     batches = [tiny_batch(seed=s) for s in range(3)]
-    assert self_check(masked, pruned, batches, atol=1e-4) <= 1e-4
+    assert self_check(masked, pruned, batches, atol=1e-4)["max_abs_logit_diff"] <= 1e-4
     save_hf_dir(pruned, None, tmp_path / "model")
     assert AutoConfig.from_pretrained(tmp_path / "model").architectures == shape["architectures"]
     with warnings.catch_warnings(record=True) as caught, _captured("transformers") as logged:
@@ -79,7 +79,7 @@ def test_uniform_export_is_the_stock_class_and_equals_the_masked_model(tmp_path,
     report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=count_params(teacher, family),
                           masking=masking, meta={"method": method, "label": method, "distill": True,
                                                  "deterministic": "global", "family": family.name, "teacher": "t",
-                                                 "latency": None}, tag="step-1", diff=0.0, atol=1e-4,
+                                                 "latency": None}, tag="step-1", check={"max_abs_logit_diff": 0.0}, atol=1e-4,
                           student_config=masked.config)
     assert report["export_shape"]["shape"] == "stock" and report["export_shape"]["uniform_widths"]
 

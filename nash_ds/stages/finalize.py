@@ -73,12 +73,11 @@ def load_prune_checkpoint(path: Path, *, method: str, keep=None) -> tuple[dict, 
     return state, meta, tag, info
 
 
-def _max_logit_diff(a, b, batches) -> float:
-    worst = 0.0
-    with torch.no_grad():
-        for batch in batches:
-            worst = max(worst, float((a(**batch).logits - b(**batch).logits).abs().max()))
-    return worst
+def logit_tolerance(scale: float, *, atol: float, rtol: float) -> float:
+    """Allowed |masked - pruned| logit difference in float32 when the masked model's logits reach ``scale``:
+    ``atol + rtol * scale``. float32 rounding grows with the logits (trained models: see ``FinalizeConfig.rtol``);
+    a wrong unit, layer or tensor moves them by about the logits themselves."""
+    return atol + rtol * scale
 
 
 def pruned_from_masks(student, *, masking: Masking, kept: list[int]):
@@ -92,16 +91,25 @@ def pruned_from_masks(student, *, masking: Masking, kept: list[int]):
     return prune_model(student, plan).eval(), plan  # prune_model leaves ``student`` untouched
 
 
-def _checked(diff: float, atol: float) -> float:
-    if not diff <= atol:
+def _checked(diff: float, scale: float, *, atol: float, rtol: float) -> dict:
+    tolerance = logit_tolerance(scale, atol=atol, rtol=rtol)
+    if not diff <= tolerance:
         raise SelfCheckError(f"self-check failed: the pruned model's logits differ from the masked model's by "
-                             f"{diff:.3g} > finalize.atol={atol}; nothing was published")
-    return diff
+                             f"{diff:.3g} > {tolerance:.3g} (finalize.atol={atol} + finalize.rtol={rtol} x max "
+                             f"|logit| {scale:.3g}); nothing was published")
+    return {"max_abs_logit_diff": diff, "max_abs_logit": scale, "tolerance": tolerance}
 
 
-def self_check(masked, pruned, batches, *, atol: float) -> float:
-    """Largest |logit difference| over ``batches``; raises SelfCheckError above ``atol``."""
-    return _checked(_max_logit_diff(masked, pruned, batches), atol)
+def self_check(masked, pruned, batches, *, atol: float, rtol: float = 0.0) -> dict:
+    """Largest |logit difference| over ``batches`` (``max_abs_logit_diff``), the masked model's largest |logit|
+    (``max_abs_logit``) and the ``tolerance``; raises SelfCheckError above ``logit_tolerance``."""
+    worst, scale = 0.0, 0.0
+    with torch.no_grad():
+        for batch in batches:
+            ref = masked(**batch).logits
+            worst = max(worst, float((ref - pruned(**batch).logits).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+    return _checked(worst, scale, atol=atol, rtol=rtol)
 
 
 def park_logits(model, batches, directory: Path) -> list[Path]:
@@ -115,15 +123,16 @@ def park_logits(model, batches, directory: Path) -> list[Path]:
     return paths
 
 
-def self_check_parked(parked: list[Path], pruned, batches, *, atol: float) -> float:
+def self_check_parked(parked: list[Path], pruned, batches, *, atol: float, rtol: float = 0.0) -> dict:
     """``self_check`` against logits written by ``park_logits`` (one batch in memory at a time)."""
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     with torch.no_grad():
         for path, batch in zip(parked, batches, strict=True):
             ref = torch.load(path, weights_only=True)
             worst = max(worst, float((ref - pruned(**batch).logits).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
             del ref
-    return _checked(worst, atol)
+    return _checked(worst, scale, atol=atol, rtol=rtol)
 
 
 def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
@@ -165,10 +174,11 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         pruned = prune_model(student, plan, consume=True).eval()  # cuts the student tensor by tensor
         del student
         gc.collect()
-        diff = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol)
+        check = self_check_parked(reference, pruned, batches, atol=cfg.finalize.atol, rtol=cfg.finalize.rtol)
         stop.at("finalize:check", "finalize (after the self-check)")
         report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
-                              masking=masking, meta=meta, tag=tag, diff=diff, atol=cfg.finalize.atol,
+                              masking=masking, meta=meta, tag=tag, check=check, atol=cfg.finalize.atol,
+                              rtol=cfg.finalize.rtol,
                               student_config=student_config)
         cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
         with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
@@ -177,7 +187,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
             gc.collect()
             # what is published is what was checked: the files, reloaded in their dtype, before the rename
             report["self_check"]["reloaded"] = check_export(tmp / "model", reference, batches, dtype=export_dtype,
-                                                            atol=cfg.finalize.atol)
+                                                            atol=cfg.finalize.atol, rtol=cfg.finalize.rtol)
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=1))
             figures = masking.figures()
             if figures is not None:  # the masks as pictures beside the report (masks_<name>.png)
@@ -189,20 +199,22 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
 
 
 EXPORT_TOLERANCE_EPS = 16
-"""Reloaded-export check in bfloat16 / float16: allowed |logit difference| = atol + this many of the dtype's
-machine epsilons times the largest |logit|. The cast alone moved the logits of the demo T5 by 0.95 eps (bf16) and
+"""Reloaded-export check in bfloat16 / float16: allowed |logit difference| = ``logit_tolerance`` + this many of the
+dtype's machine epsilons times the largest |logit|. The cast alone moved the logits of the demo T5 by 0.95 eps (bf16) and
 0.7 eps (fp16) of the largest logit; deeper models add rounding per layer; a lost or re-initialised tensor moves
-them by about the largest logit itself. float32 exports get finalize.atol alone."""
+them by about the largest logit itself. float32 exports get ``logit_tolerance`` alone."""
 
 
-def export_tolerance(dtype: torch.dtype, *, atol: float, scale: float) -> float:
+def export_tolerance(dtype: torch.dtype, *, atol: float, scale: float, rtol: float = 0.0) -> float:
     """Allowed |logit difference| between an export in ``dtype`` and the fp32 masked model (logits up to ``scale``)."""
+    base = logit_tolerance(scale, atol=atol, rtol=rtol)
     if dtype == torch.float32:
-        return atol
-    return atol + EXPORT_TOLERANCE_EPS * torch.finfo(dtype).eps * scale
+        return base
+    return base + EXPORT_TOLERANCE_EPS * torch.finfo(dtype).eps * scale
 
 
-def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.dtype, atol: float) -> dict:
+def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.dtype, atol: float,
+                 rtol: float = 0.0) -> dict:
     """Reload the written export in ``dtype`` (nash_ds classes, no code from the directory) and compare its logits
     with the masked model's (``park_logits``); SelfCheckError, and nothing published, beyond ``export_tolerance``."""
     from nash_ds.models import load_model
@@ -215,19 +227,20 @@ def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.d
             worst = max(worst, float((ref - model(**batch).logits.float()).abs().max()))
             scale = max(scale, float(ref.abs().max()))
             del ref
-    tolerance = export_tolerance(dtype, atol=atol, scale=scale)
+    tolerance = export_tolerance(dtype, atol=atol, scale=scale, rtol=rtol)
     name = str(dtype).removeprefix("torch.")
     if not worst <= tolerance:
         raise SelfCheckError(f"self-check failed after writing: the {name} export reloaded from disk differs from the "
-                             f"masked model by {worst:.3g} > {tolerance:.3g} (finalize.atol={atol}"
+                             f"masked model by {worst:.3g} > {tolerance:.3g} (finalize.atol={atol} + finalize.rtol={rtol} x max "
+                             f"|logit| {scale:.3g}"
                              + ("" if dtype == torch.float32 else f" + {EXPORT_TOLERANCE_EPS} eps x max |logit| "
                                 f"{scale:.3g}") + "); nothing was published"
                              + ("" if dtype == torch.float32 else "; try model.export_dtype=float32"))
-    return {"max_abs_logit_diff": worst, "tolerance": tolerance, "dtype": name}
+    return {"max_abs_logit_diff": worst, "max_abs_logit": scale, "tolerance": tolerance, "dtype": name}
 
 
 def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking, meta: dict, tag: str,
-                 diff: float, atol: float, student_config) -> dict:
+                 check: dict, atol: float, rtol: float = 0.0, student_config) -> dict:
     """Kept units per layer, provenance of decoder layers, parameter counts (``count_params``: what the
     teacher and the export really hold) and sparsity vs the teacher."""
     from nash_ds.models import count_params
@@ -257,7 +270,7 @@ def build_report(*, family, plan, pruned, teacher_params: dict, masking: Masking
         "params": {"teacher": dict(teacher_params), "pruned": ours},
         "sparsity_vs_teacher": {"encoder": s["encoder"], "decoder": s["decoder"], "model": s["prunable_model"],
                                 "total_params": s["total_params"]},
-        "self_check": {"max_abs_logit_diff": diff, "atol": atol},
+        "self_check": {**check, "atol": atol, "rtol": rtol},
         "export_class": type(pruned).__name__,
         "export_shape": export_shape(student_config, plan),
     }

@@ -1,0 +1,90 @@
+"""Is finalize's |masked - pruned| logit gap rounding or a defect? The same path as ``run.py finalize`` (consolidate
+the prune checkpoint, build the masked student, prune it), then both models in float32 and in float64 on the task's
+validation rows. Prints one table row per run directory.
+
+    python bench/finalize_precision.py --data /work/g2p2/corpus/validation.jsonl --tokenizer /work/g2p2/corpus/tokenizer \
+        /work/g2p2/nash-k2-s0 /work/g2p2/nash-k3-s0 /work/g2p2/cofi-0.9-s0
+
+A float64 gap at float64 rounding (about 1e-12 on logits of size 10) says the pruned model computes what the masked
+one computes and the float32 gap is rounding; a float64 gap as large as the float32 one would be a defect. CoFi's
+hidden-dim mask recomputes norms over the kept dims in float32, as the stock norms do, so its float64 gap is float32
+rounding of the norms alone when the hidden mask keeps fractional gates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def gaps(run: Path, *, data: Path, tokenizer: Path, rows: int, source: str, target: str) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from nash_ds.masks import Masking
+    from nash_ds.models import family_for, load_full_state
+    from nash_ds.models.pruning import prune_model
+    from nash_ds.stages.finalize import _config_from_dict, load_prune_checkpoint
+
+    checkpoints = run / "prune" / "checkpoints"
+    method = json.loads((checkpoints / "prune_meta.json").read_text())["method"]
+    state, meta, _, _ = load_prune_checkpoint(checkpoints, method=method, keep=Masking.wanted)
+    student_state, mask_state = Masking.split_state(state)
+    config = _config_from_dict(meta["student_config"])
+    family = family_for(config)
+    student = family.from_config(config)
+    load_full_state(student, student_state, what=str(run))
+    masking = Masking.build(family, config, method=method, droprate_init=0.5,
+                            teacher_config=_config_from_dict(meta["teacher_config"]),
+                            deterministic=meta["deterministic"], mask_state=mask_state,
+                            uniform=meta.get("uniform_widths", False))
+    plan = masking.finalize(student, list(meta["kept_decoder_layers"]))
+    student.eval()
+    pruned = prune_model(student, plan).eval()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    examples = [json.loads(line) for line in data.read_text().splitlines()[:rows]]
+    firsts = [e[target][0] if isinstance(e[target], list) else e[target] for e in examples]
+    enc = tok([e[source] for e in examples], return_tensors="pt", padding=True)
+    labels = tok(firsts, return_tensors="pt", padding=True).input_ids
+    labels[labels == tok.pad_token_id] = -100
+    batch = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
+    with torch.no_grad():
+        m32, p32 = student(**batch).logits, pruned(**batch).logits
+        m64 = copy.deepcopy(student).double()(**batch).logits
+        p64 = copy.deepcopy(pruned).double()(**batch).logits
+    return {"run": run.name, "method": method, "max_abs_logit": float(m32.abs().max()),
+            "gap_fp32": float((m32 - p32).abs().max()), "gap_fp64": float((m64 - p64).abs().max()),
+            "rounding_fp32": float((m32.double() - m64).abs().max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="pipeline output directories with prune/checkpoints")
+    p.add_argument("--data", type=Path, required=True, help="a JSONL split of the task")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--source-column", default="source")
+    p.add_argument("--target-column", default="target")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    print("| run | method | max |logit| | masked - pruned, float32 | masked - pruned, float64 | float32 - float64 "
+          "(masked) | default tolerance |")
+    print("|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        g = gaps(run, data=args.data, tokenizer=args.tokenizer, rows=args.rows, source=args.source_column,
+                 target=args.target_column)
+        print(f"| {g['run']} | {g['method']} | {g['max_abs_logit']:.1f} | {g['gap_fp32']:.2e} | {g['gap_fp64']:.2e} | "
+              f"{g['rounding_fp32']:.2e} | {1e-4 + 1e-4 * g['max_abs_logit']:.2e} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
