@@ -6,9 +6,10 @@ validation rows. Prints one table row per run directory.
         /work/g2p2/nash-k2-s0 /work/g2p2/nash-k3-s0 /work/g2p2/cofi-0.9-s0
 
 A float64 gap at float64 rounding (about 1e-12 on logits of size 10) says the pruned model computes what the masked
-one computes and the float32 gap is rounding; a float64 gap as large as the float32 one would be a defect. CoFi's
-hidden-dim mask recomputes norms over the kept dims in float32, as the stock norms do, so its float64 gap is float32
-rounding of the norms alone when the hidden mask keeps fractional gates.
+one computes and the float32 gap is rounding; a float64 gap as large as the float32 one would be a defect. T5's norms
+compute their mean square in float32 whatever the model's dtype (stock ``T5LayerNorm`` and CoFi's masked norm over the
+kept hidden dims alike), so a CoFi model's float64 gap keeps float32 rounding of its norms; ``--float64-norms`` (T5
+only) computes them in the model's dtype, and the student is then cast to float64 before its masks are folded in.
 """
 
 from __future__ import annotations
@@ -23,7 +24,27 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def gaps(run: Path, *, data: Path, tokenizer: Path, rows: int, source: str, target: str) -> dict:
+def float64_norms() -> None:
+    """T5's norms (stock and CoFi's masked one) in the dtype of their input instead of float32."""
+    import torch
+    from transformers.models.t5 import modeling_t5
+
+    from nash_ds.models.t5 import T5Family
+
+    def layer_norm(self, h):
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def masked_norm(self, norm, x, *, hidden):
+        keep = (hidden != 0).to(x.dtype)
+        variance = (x.pow(2) * keep).mean(-1, keepdim=True) * (keep.numel() / keep.sum().clamp_min(1.0))
+        return norm.weight * (x * torch.rsqrt(variance + norm.variance_epsilon)) * keep
+
+    modeling_t5.T5LayerNorm.forward = layer_norm
+    T5Family.masked_norm = masked_norm
+
+
+def gaps(run: Path, *, data: Path, tokenizer: Path, rows: int, source: str, target: str,
+         fold_in_float64: bool = False) -> dict:
     import torch
     from transformers import AutoTokenizer
 
@@ -40,6 +61,8 @@ def gaps(run: Path, *, data: Path, tokenizer: Path, rows: int, source: str, targ
     family = family_for(config)
     student = family.from_config(config)
     load_full_state(student, student_state, what=str(run))
+    if fold_in_float64:
+        student = student.double()
     masking = Masking.build(family, config, method=method, droprate_init=0.5,
                             teacher_config=_config_from_dict(meta["teacher_config"]),
                             deterministic=meta["deterministic"], mask_state=mask_state,
@@ -71,18 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--source-column", default="source")
     p.add_argument("--target-column", default="target")
+    p.add_argument("--float64-norms", action="store_true",
+                   help="T5: norms in the model's dtype, masks folded into float64 weights (the float32 columns then "
+                        "show the float64 models too)")
     args = p.parse_args(argv)
     import torch
 
+    from nash_ds.config import FinalizeConfig
+
     torch.set_num_threads(1)
+    if args.float64_norms:
+        float64_norms()
+    atol, rtol = FinalizeConfig.atol, FinalizeConfig.rtol
     print("| run | method | max |logit| | masked - pruned, float32 | masked - pruned, float64 | float32 - float64 "
           "(masked) | default tolerance |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         g = gaps(run, data=args.data, tokenizer=args.tokenizer, rows=args.rows, source=args.source_column,
-                 target=args.target_column)
+                 target=args.target_column, fold_in_float64=args.float64_norms)
         print(f"| {g['run']} | {g['method']} | {g['max_abs_logit']:.1f} | {g['gap_fp32']:.2e} | {g['gap_fp64']:.2e} | "
-              f"{g['rounding_fp32']:.2e} | {1e-4 + 1e-4 * g['max_abs_logit']:.2e} |", flush=True)
+              f"{g['rounding_fp32']:.2e} | {atol + rtol * g['max_abs_logit']:.2e} |", flush=True)
     return 0
 
 

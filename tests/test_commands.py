@@ -350,9 +350,9 @@ def test_config_finalize_command(readme_prune, teacher_dir):
     assert report["self_check"]["reloaded"]["dtype"] == "float32"
     check = report["self_check"]
     assert check["reloaded"]["max_abs_logit_diff"] <= check["reloaded"]["tolerance"]
-    # the defaults: atol 1e-4 plus rtol 1e-4 of the largest masked logit
+    # the defaults: atol 1e-4 plus rtol 1e-3 of the largest masked logit
     assert check["tolerance"] == pytest.approx(check["atol"] + check["rtol"] * check["max_abs_logit"])
-    assert (check["atol"], check["rtol"]) == (1e-4, 1e-4) and check["max_abs_logit_diff"] <= check["tolerance"]
+    assert (check["atol"], check["rtol"]) == (1e-4, 1e-3) and check["max_abs_logit_diff"] <= check["tolerance"]
 
 
 @pytest.mark.slow

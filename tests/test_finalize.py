@@ -99,7 +99,7 @@ def test_keep_all_plan_reports_zero_sparsity_with_tied_or_untied_heads(name):
 @pytest.mark.parametrize("method", ["nash", "cofi"])
 def test_pruned_equals_masked_in_float64(preset, method):
     """What the float32 self-check's tolerance covers is rounding alone: masked and pruned in float64 agree up to
-    float64 rounding (the G2P models: 2e-4 to 6.5e-4 apart in float32, 1e-12 in float64). CoFi's hidden-dim mask
+    float64 rounding (the G2P NASH models: up to 6.5e-4 apart in float32, 2e-11 in float64). CoFi's hidden-dim mask
     recomputes every norm over the kept dims in float32, as the stock norms compute theirs (``masked_norm``): its
     pair then agrees to float32 rounding of the norms alone (1.5e-7 of the largest logit here)."""
     kept = [0, 3] if method == "nash" else [0, 1, 2, 3]
@@ -119,18 +119,18 @@ def test_self_check_tolerance_grows_with_the_logits():
     batches = [tiny_batch(seed=s) for s in range(2)]
     head = pruned.get_output_embeddings()
     head.weight = torch.nn.Parameter(head.weight.detach().clone())  # the pruned model's own head, whatever it shares
-    small = self_check(masked, pruned, batches, atol=1e-4, rtol=1e-4)
+    small = self_check(masked, pruned, batches, atol=1e-4, rtol=1e-3)
     with torch.no_grad():
         for model in (masked, pruned):
             model.get_output_embeddings().weight.mul_(1000.0)
-    large = self_check(masked, pruned, batches, atol=1e-4, rtol=1e-4)
+    large = self_check(masked, pruned, batches, atol=1e-4, rtol=1e-3)
     assert large["max_abs_logit"] == pytest.approx(1000 * small["max_abs_logit"], rel=1e-4)
-    assert large["tolerance"] == pytest.approx(1e-4 + 1e-4 * large["max_abs_logit"])
+    assert large["tolerance"] == pytest.approx(1e-4 + 1e-3 * large["max_abs_logit"])
     assert large["max_abs_logit_diff"] <= large["tolerance"]
     with torch.no_grad():
-        pruned.get_output_embeddings().weight[:, :4].mul_(1.01)  # 1% off in a few hidden dims: far above rounding
-    with pytest.raises(SelfCheckError, match=r"finalize.rtol=0.0001 x max \|logit\|"):
-        self_check(masked, pruned, batches, atol=1e-4, rtol=1e-4)
+        pruned.get_output_embeddings().weight[:, :4].mul_(1.05)  # 5% off in a few hidden dims: far above rounding
+    with pytest.raises(SelfCheckError, match=r"finalize.rtol=0.001 x max \|logit\|"):
+        self_check(masked, pruned, batches, atol=1e-4, rtol=1e-3)
 
 
 def test_self_check_refuses_a_model_that_computes_something_else():
@@ -138,7 +138,7 @@ def test_self_check_refuses_a_model_that_computes_something_else():
     with torch.no_grad():
         next(pruned.parameters()).add_(0.5)
     with pytest.raises(SelfCheckError, match="self-check failed"):
-        self_check(masked, pruned, [tiny_batch()], atol=1e-4, rtol=1e-4)  # the defaults
+        self_check(masked, pruned, [tiny_batch()], atol=1e-4, rtol=1e-3)  # the defaults
 
 
 def test_consolidated_state_keeps_an_untied_lm_head():
