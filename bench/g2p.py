@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(r, table_recipes[r], SEEDS[0]) for r in fixed]
     if "cofi-matched" in wanted:
         todo.insert(min(2, len(todo)), cofi_high)
-    todo += [(r, table_recipes[r], s) for s in SEEDS[1:args.seeds] for r in fixed if r in MAIN]
+    seeded = set(args.seeded.split(","))
+    todo += [(r, table_recipes[r], s) for s in SEEDS[1:args.seeds] for r in fixed if r in seeded]
     done = run_all(args, teacher, common, todo)
     runs: dict[str, dict[int, str]] = {}
     paths: dict[str, Path] = {}
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    common)
         name = f"cofi-{sparsity:g}"
         cofi = run_all(args, teacher, common, [(name, ["prune.method=cofi", f"prune.target_sparsity={sparsity}"], s)
-                                               for s in SEEDS[:args.seeds]])
+                                               for s in SEEDS[:args.seeds if "cofi-matched" in seeded else 1]])
         for (_, seed), path in sorted(cofi.items()):
             paths[f"cofi-matched-s{seed}"] = path
             runs.setdefault("cofi-matched", {})[seed] = f"cofi-matched-s{seed}"
@@ -462,6 +463,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=2, help="recipe runs side by side")
     p.add_argument("--seeds", type=int, default=len(SEEDS), choices=range(1, len(SEEDS) + 1))
     p.add_argument("--recipes", default=",".join([*RECIPES, "cofi-matched"]))
+    p.add_argument("--seeded", default=",".join(MAIN), help="recipes run with every seed (the others with one)")
     p.add_argument("--plot", default=str(REPO / "docs" / "g2p_quality_vs_speedup.png"))
     p.add_argument("--min-teacher-distinct", type=float, default=0.3)
     p.add_argument("--allow-weak-teacher", action="store_true")
