@@ -48,28 +48,15 @@ def gaps(run: Path, *, data: Path, tokenizer: Path, rows: int, source: str, targ
     import torch
     from transformers import AutoTokenizer
 
-    from nash_ds.masks import Masking
-    from nash_ds.models import family_for, load_full_state
     from nash_ds.models.pruning import prune_model
-    from nash_ds.stages.finalize import _config_from_dict, load_prune_checkpoint
+    from nash_ds.stages.finalize import masked_student
 
     checkpoints = run / "prune" / "checkpoints"
     method = json.loads((checkpoints / "prune_meta.json").read_text())["method"]
-    state, meta, _, _ = load_prune_checkpoint(checkpoints, method=method, keep=Masking.wanted)
-    student_state, mask_state = Masking.split_state(state)
-    config = _config_from_dict(meta["student_config"])
-    family = family_for(config)
-    student = family.from_config(config)
-    load_full_state(student, student_state, what=str(run))
-    if fold_in_float64:
-        student = student.double()
-    masking = Masking.build(family, config, method=method, droprate_init=0.5,
-                            teacher_config=_config_from_dict(meta["teacher_config"]),
-                            deterministic=meta["deterministic"], mask_state=mask_state,
-                            uniform=meta.get("uniform_widths", False))
-    plan = masking.finalize(student, list(meta["kept_decoder_layers"]))
-    student.eval()
-    pruned = prune_model(student, plan).eval()
+    # what run.py finalize rebuilds (its default droprate_init: the checkpoint's mask state replaces it)
+    masked = masked_student(checkpoints, method=method, dtype=torch.float64 if fold_in_float64 else None)
+    student = masked.student
+    pruned = prune_model(student, masked.plan).eval()  # prune_model leaves ``student`` untouched
     tok = AutoTokenizer.from_pretrained(str(tokenizer))
     examples = [json.loads(line) for line in data.read_text().splitlines()[:rows]]
     firsts = [e[target][0] if isinstance(e[target], list) else e[target] for e in examples]

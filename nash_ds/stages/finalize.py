@@ -26,16 +26,23 @@ import gc
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from nash_ds import checkpoint as ckpt
 from nash_ds import dist, stop
-from nash_ds.config import RunConfig
+from nash_ds.config import PruneConfig, RunConfig
 from nash_ds.errors import SelfCheckError, UserError
 from nash_ds.masks import Masking
 from nash_ds.stages import common
+
+if TYPE_CHECKING:
+    from nash_ds.models.base import Family
+    from nash_ds.plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +107,28 @@ def _checked(diff: float, scale: float, *, atol: float, rtol: float) -> dict:
     return {"max_abs_logit_diff": diff, "max_abs_logit": scale, "tolerance": tolerance}
 
 
+def _largest_gap(references, model, batches) -> tuple[float, float]:
+    """(largest |reference - model logit|, largest |reference logit|) over ``batches``; ``references`` yields each
+    batch's reference logits in turn (computed or read from disk), so one batch is in memory at a time."""
+    worst, scale = 0.0, 0.0
+    with torch.no_grad():
+        for ref, batch in zip(references, batches, strict=True):
+            worst = max(worst, float((ref - model(**batch).logits.to(ref.dtype)).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+            del ref
+    return worst, scale
+
+
+def _parked(paths: list[Path]):
+    return (torch.load(path, weights_only=True) for path in paths)
+
+
 def self_check(masked, pruned, batches, *, atol: float, rtol: float = 0.0) -> dict:
     """Largest |logit difference| over ``batches`` (``max_abs_logit_diff``), the masked model's largest |logit|
     (``max_abs_logit``) and the ``tolerance``; raises SelfCheckError above ``logit_tolerance``."""
-    worst, scale = 0.0, 0.0
     with torch.no_grad():
-        for batch in batches:
-            ref = masked(**batch).logits
-            worst = max(worst, float((ref - pruned(**batch).logits).abs().max()))
-            scale = max(scale, float(ref.abs().max()))
-    return _checked(worst, scale, atol=atol, rtol=rtol)
+        references = (masked(**batch).logits for batch in batches)
+        return _checked(*_largest_gap(references, pruned, batches), atol=atol, rtol=rtol)
 
 
 def park_logits(model, batches, directory: Path) -> list[Path]:
@@ -125,41 +144,61 @@ def park_logits(model, batches, directory: Path) -> list[Path]:
 
 def self_check_parked(parked: list[Path], pruned, batches, *, atol: float, rtol: float = 0.0) -> dict:
     """``self_check`` against logits written by ``park_logits`` (one batch in memory at a time)."""
-    worst, scale = 0.0, 0.0
-    with torch.no_grad():
-        for path, batch in zip(parked, batches, strict=True):
-            ref = torch.load(path, weights_only=True)
-            worst = max(worst, float((ref - pruned(**batch).logits).abs().max()))
-            scale = max(scale, float(ref.abs().max()))
-            del ref
-    return _checked(worst, scale, atol=atol, rtol=rtol)
+    return _checked(*_largest_gap(_parked(parked), pruned, batches), atol=atol, rtol=rtol)
+
+
+@dataclass
+class MaskedStudent:
+    """A prune checkpoint rebuilt as the masked model: the student with its deterministic masks folded in."""
+
+    student: nn.Module  # the masked model the pruned one must match
+    masking: Masking
+    plan: PruningPlan
+    family: Family
+    config: Any  # the student's config
+    meta: dict  # prune_meta.json
+    tag: str  # the checkpoint that was read
+
+
+def masked_student(source: Path, *, method: str, droprate_init: float = PruneConfig.droprate_init,
+                   dtype: torch.dtype | None = None) -> MaskedStudent:
+    """Consolidate the prune checkpoint at ``source`` (``load_prune_checkpoint``: the best readable tag), build the
+    student on the meta device and fill it with the checkpoint's tensors without a copy (cast to ``dtype`` if given,
+    before the masks are folded in), rebuild its masks and fold them in (``Masking.finalize``)."""
+    from nash_ds.models import family_for, load_full_state
+
+    state, meta, tag, _ = load_prune_checkpoint(source, method=method, keep=Masking.wanted)
+    student_state, mask_state = Masking.split_state(state)
+    del state
+    config = _config_from_dict(meta["student_config"])
+    family = family_for(config)
+    with torch.device("meta"):
+        student = family.from_config(config)
+    load_full_state(student, student_state, what=f"checkpoint {source}")  # no copy: the student owns them
+    del student_state
+    if dtype is not None:
+        student = student.to(dtype)
+    masking = Masking.build(family, config, method=method, droprate_init=droprate_init,
+                            teacher_config=_config_from_dict(meta["teacher_config"]),
+                            deterministic=meta["deterministic"], mask_state=mask_state,
+                            uniform=meta.get("uniform_widths", False))  # absent from checkpoints before issue 22
+    plan = masking.finalize(student, list(meta["kept_decoder_layers"]))  # the student is now the masked model
+    return MaskedStudent(student.eval(), masking, plan, family, config, meta, tag)
 
 
 def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     """Rank-0 body of the stage; returns the report."""
     from nash_ds.data import Seq2SeqCollator, build_datasets
     from nash_ds.export import atomic_dir, cast_for_export, save_hf_dir
-    from nash_ds.models import family_for, load_full_state
     from nash_ds.models.pruning import prune_model
 
-    method = cfg.prune.method
     source = Path(cfg.finalize.checkpoint or Path(cfg.output_dir) / "prune" / "checkpoints")
-    state, meta, tag, info = load_prune_checkpoint(source, method=method, keep=Masking.wanted)
-    student_state, mask_state = Masking.split_state(state)
-    del state
-    student_config = _config_from_dict(meta["student_config"])
-    teacher_config = _config_from_dict(meta["teacher_config"])
-    family = family_for(student_config)
-    with torch.device("meta"):
-        student = family.from_config(student_config)
-    load_full_state(student, student_state, what=f"checkpoint {source}")  # no copy: the student owns them
-    del student_state
+    masked = masked_student(source, method=cfg.prune.method, droprate_init=cfg.prune.droprate_init)
+    student, masking, plan, family, meta, tag = (masked.student, masked.masking, masked.plan, masked.family,
+                                                 masked.meta, masked.tag)
+    student_config = masked.config
+    del masked
     stop.at("finalize:read", "finalize (after reading the checkpoint)")
-    kept = list(meta["kept_decoder_layers"])
-    masking = Masking.build(family, student_config, method=method, droprate_init=cfg.prune.droprate_init,
-                            teacher_config=teacher_config, deterministic=meta["deterministic"], mask_state=mask_state,
-                            uniform=meta.get("uniform_widths", False))  # absent from checkpoints before issue 22
-    plan = masking.finalize(student, kept)  # the student is now the masked model
 
     # self-check on real batches of the task: the masked model first, then the pruned one
     tokenizer = common.load_tokenizer(cfg.model.tokenizer or meta["teacher"])
@@ -178,8 +217,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
         stop.at("finalize:check", "finalize (after the self-check)")
         report = build_report(family=family, plan=plan, pruned=pruned, teacher_params=meta["teacher_params"],
                               masking=masking, meta=meta, tag=tag, check=check, atol=cfg.finalize.atol,
-                              rtol=cfg.finalize.rtol,
-                              student_config=student_config)
+                              rtol=cfg.finalize.rtol, student_config=student_config)
         cast_for_export(pruned, export_dtype)  # in place, as save_hf_dir would cast a copy: no second model
         with atomic_dir(stage_dir, overwrite=cfg.overwrite) as tmp:
             save_hf_dir(pruned, tokenizer, tmp / "model", dtype=export_dtype)
@@ -220,13 +258,7 @@ def check_export(model_dir: Path, parked: list[Path], batches, *, dtype: torch.d
     from nash_ds.models import load_model
 
     model = load_model(str(model_dir), dtype=dtype).eval()
-    worst, scale = 0.0, 0.0
-    with torch.no_grad():
-        for path, batch in zip(parked, batches, strict=True):
-            ref = torch.load(path, weights_only=True)
-            worst = max(worst, float((ref - model(**batch).logits.float()).abs().max()))
-            scale = max(scale, float(ref.abs().max()))
-            del ref
+    worst, scale = _largest_gap(_parked(parked), model, batches)
     tolerance = export_tolerance(dtype, atol=atol, scale=scale, rtol=rtol)
     name = str(dtype).removeprefix("torch.")
     if not worst <= tolerance:
