@@ -126,9 +126,8 @@ def _parked(paths: list[Path]):
 def self_check(masked, pruned, batches, *, atol: float, rtol: float = 0.0) -> dict:
     """Largest |logit difference| over ``batches`` (``max_abs_logit_diff``), the masked model's largest |logit|
     (``max_abs_logit``) and the ``tolerance``; raises SelfCheckError above ``logit_tolerance``."""
-    with torch.no_grad():
-        references = (masked(**batch).logits for batch in batches)
-        return _checked(*_largest_gap(references, pruned, batches), atol=atol, rtol=rtol)
+    references = (masked(**batch).logits for batch in batches)  # run inside _largest_gap's no_grad
+    return _checked(*_largest_gap(references, pruned, batches), atol=atol, rtol=rtol)
 
 
 def park_logits(model, batches, directory: Path) -> list[Path]:
@@ -197,7 +196,7 @@ def finalize(cfg: RunConfig, *, stage_dir: Path) -> dict:
     student, masking, plan, family, meta, tag = (masked.student, masked.masking, masked.plan, masked.family,
                                                  masked.meta, masked.tag)
     student_config = masked.config
-    del masked
+    del masked  # it holds the student, which prune_model(consume=True) below must be able to free
     stop.at("finalize:read", "finalize (after reading the checkpoint)")
 
     # self-check on real batches of the task: the masked model first, then the pruned one
